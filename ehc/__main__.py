@@ -1,0 +1,3 @@
+from ehc.cli import main
+
+raise SystemExit(main())
