@@ -72,7 +72,7 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
         """Return self, or raise ValueError naming the bad field and what is allowed."""
         if not self.interval > 0:
             raise ValueError(f"interval must be > 0, got {format_duration(self.interval)}")
-        if not 0 < self.timeout:
+        if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {format_duration(self.timeout)}")
         if self.retry_count < 0:
             raise ValueError(f"retry count must be >= 0, got {self.retry_count}")
