@@ -1,0 +1,115 @@
+"""What crosses the pipes between the coordinator and its workers.
+
+Frames are msgpack (msgspec) payloads, each a tagged message.  Workers send *transitions*, not probe
+results, so pipe traffic grows with state changes rather than with the probe rate.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+from ehc.config import ProbeSettings
+
+
+class Health(IntEnum):
+    UNKNOWN = 0
+    HEALTHY = 1
+    UNHEALTHY = 2
+
+
+# Upper bounds (seconds) of the probe-latency histogram buckets sent in Stats; +Inf is implied.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Target(msgspec.Struct, frozen=True, array_like=True):
+    """Something to probe.  No ports means ICMP echo; otherwise every port must accept a connect."""
+
+    key: str
+    ip: str
+    ports: tuple[int, ...] = ()
+    health: Health = Health.UNKNOWN
+    """Last known health: a restarted worker resumes from it instead of re-announcing every target."""
+
+
+# ---- coordinator → worker -------------------------------------------------------------------------
+
+
+class Init(msgspec.Struct, tag="init"):
+    worker: int
+    settings: ProbeSettings
+    stats_interval: float = 1.0
+
+
+class Upsert(msgspec.Struct, tag="upsert"):
+    targets: list[Target]
+
+
+class Remove(msgspec.Struct, tag="remove"):
+    keys: list[str]
+
+
+class Stop(msgspec.Struct, tag="stop"):
+    pass
+
+
+ToWorker = Init | Upsert | Remove | Stop
+
+
+# ---- worker → coordinator -------------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello"):
+    worker: int
+    pid: int
+    icmp: str
+    """How ICMP is done in this worker (datagram or raw socket), or why it cannot be."""
+
+
+class Transition(msgspec.Struct, frozen=True, array_like=True):
+    """A target changed health; the evidence is the attempt that decided it."""
+
+    key: str
+    health: Health
+    kind: str  # "tcp" | "icmp"
+    port: int  # 0 for ICMP
+    detail: str  # "" on success, else why the attempt failed ("timeout", "connrefused", ...)
+    latency: float
+    attempts: int  # agreeing attempts in a row that decided it
+    wall_time: float
+
+
+class Transitions(msgspec.Struct, tag="transitions"):
+    items: list[Transition]
+
+
+class Stats(msgspec.Struct, tag="stats", kw_only=True):
+    """Periodic figures from one worker.  Counters are cumulative for the worker's lifetime."""
+
+    worker: int
+    pid: int
+    targets_tcp: int
+    targets_icmp: int
+    in_flight: int
+    probes_tcp: int
+    probes_icmp: int
+    failures_tcp: int
+    failures_icmp: int
+    local_errors: int
+    transitions: int
+    latency_buckets: list[int]  # cumulative counts per LATENCY_BUCKETS bound, +Inf last
+    latency_sum: float
+    # Schedule lag over the last window: how late a probe started against its slot.
+    window_seconds: float
+    window_probes: int
+    lag_p50: float
+    lag_p99: float
+    lag_max: float
+    cpu_seconds: float
+    rss_bytes: int
+
+
+FromWorker = Hello | Transitions | Stats

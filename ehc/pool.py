@@ -1,0 +1,307 @@
+"""WorkerPool: the coordinator's side of the probe engine.
+
+It spawns N worker processes (``python -m ehc.worker``, a fresh interpreter each, talking over real
+pipes), gives each the targets the jump hash assigns to it, and turns their frames into callbacks.
+asyncio's subprocess transport is used rather than ``multiprocessing``: its pipes and exit
+notification live on the coordinator's own event loop, so reading frames never blocks it and a dead
+worker is noticed the moment its process exits.
+
+A dead worker is restarted with exponential backoff and handed its targets again, each with the last
+health it reported so the new process does not re-announce what is already known.  Nothing a dead
+worker said after its death was noticed is ever passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from ehc.config import ProbeSettings
+from ehc.ipc import FrameDecoder, FrameEncoder, FrameError
+from ehc.messages import (
+    FromWorker,
+    Health,
+    Hello,
+    Init,
+    Remove,
+    Stats,
+    Stop,
+    Target,
+    Transition,
+    Transitions,
+    Upsert,
+)
+from ehc.ring import worker_for
+
+log = logging.getLogger("ehc.pool")
+
+OnTransition = Callable[[int, Transition], None]
+OnStats = Callable[[Stats], None]
+
+_STABLE_AFTER = 30.0  # a worker that lived this long resets its restart backoff
+
+
+class _WorkerProcess(asyncio.SubprocessProtocol):
+    """One incarnation of worker ``index``: its pipes, its frame decoder, its fate."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.decoder = FrameDecoder(FromWorker)
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.alive = True
+        self.started = time.monotonic()
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def pid(self) -> int | None:
+        return self.transport.get_pid() if self.transport else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if not self.alive:
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except FrameError as exc:
+            self._deliver(exc.messages)
+            self.pool._malformed(self, exc)
+            return
+        self._deliver(messages)
+
+    def _deliver(self, messages: list[FromWorker]) -> None:
+        for msg in messages:
+            if not self.alive:
+                return
+            self.pool._on_message(self, msg)
+
+    def process_exited(self) -> None:
+        self.alive = False
+        code = self.transport.get_returncode() if self.transport else None
+        self.exited.set_result(code if code is not None else -1)
+        self.pool._on_exit(self, code)
+
+    def send(self, message: Init | Upsert | Remove | Stop) -> None:
+        if self.alive and self.transport is not None:
+            stdin = self.transport.get_pipe_transport(0)
+            if stdin is not None and not stdin.is_closing():
+                stdin.write(self.pool._encoder.encode(message))  # type: ignore[attr-defined]
+
+    def kill(self) -> None:
+        if self.transport is not None and self.exited.done() is False:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.send_signal(signal.SIGKILL)
+
+
+class WorkerPool:
+    """N probe worker processes sharing the targets by consistent hash."""
+
+    def __init__(
+        self,
+        workers: int,
+        settings: ProbeSettings,
+        *,
+        on_transition: OnTransition,
+        on_stats: OnStats | None = None,
+        stats_interval: float = 1.0,
+        restart_backoff: tuple[float, float] = (0.2, 10.0),
+        env: dict[str, str] | None = None,
+        worker_command: list[str] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.size = workers
+        self._settings = settings.validate()
+        self._on_transition = on_transition
+        self._on_stats = on_stats
+        self._stats_interval = stats_interval
+        self._backoff = restart_backoff
+        self._env = env
+        self._command = worker_command or [sys.executable, "-m", "ehc.worker"]
+        self._encoder = FrameEncoder()
+        self._procs: list[_WorkerProcess | None] = [None] * workers
+        self._targets: dict[str, Target] = {}
+        self._owner: dict[str, int] = {}
+        self._health: dict[str, Health] = {}
+        self._crashes = [0] * workers
+        self._restart_timers: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[_WorkerProcess]] = set()
+        self._closing = False
+        self._ready = [asyncio.Event() for _ in range(workers)]
+        self.restarts = [0] * workers
+        self.stats: dict[int, Stats] = {}
+        self.icmp_modes: dict[int, str] = {}
+        self.dropped_frames = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Spawn every worker and wait until each has said hello (restarting any that die first)."""
+        for i in range(self.size):
+            await self._spawn(i)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(ready.wait() for ready in self._ready))
+        except TimeoutError:
+            missing = [i for i, ready in enumerate(self._ready) if not ready.is_set()]
+            raise RuntimeError(f"workers {missing} did not start within {timeout:g}s") from None
+
+    async def _spawn(self, index: int) -> _WorkerProcess:
+        loop = asyncio.get_running_loop()
+        proc = _WorkerProcess(self, index)
+        self._procs[index] = proc
+        await loop.subprocess_exec(
+            lambda: proc,
+            *self._command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            env=self._env if self._env is not None else os.environ.copy(),
+        )
+        proc.send(Init(worker=index, settings=self._settings, stats_interval=self._stats_interval))
+        mine = [self._resume(t) for k, t in self._targets.items() if self._owner[k] == index]
+        if mine:
+            proc.send(Upsert(targets=mine))
+        return proc
+
+    def _resume(self, target: Target) -> Target:
+        health = self._health.get(target.key, target.health)
+        return target if health == target.health else msgspec.structs.replace(target, health=health)
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Stop every worker: ask politely, then SIGKILL what is still there after ``grace``."""
+        self._closing = True
+        for timer in self._restart_timers.values():
+            timer.cancel()
+        self._restart_timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        procs = [p for p in self._procs if p is not None and not p.exited.done()]
+        for p in procs:
+            p.send(Stop())
+            if p.transport is not None and (stdin := p.transport.get_pipe_transport(0)) is not None:
+                stdin.close()
+        if procs:
+            _, pending = await asyncio.wait([p.exited for p in procs], timeout=grace)
+            for p in procs:
+                if not p.exited.done():
+                    log.warning("worker %d (pid %s) did not stop in %.1fs; killing it", p.index, p.pid, grace)
+                    p.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        for p in self._procs:
+            if p is not None and p.transport is not None:
+                p.transport.close()
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- targets ------------------------------------------------------------------------------
+
+    def worker_of(self, key: str) -> int:
+        return worker_for(key, self.size)
+
+    def upsert(self, targets: Iterable[Target]) -> None:
+        """Add or change targets.  A changed address or port list restarts from ``target.health``."""
+        batches: dict[int, list[Target]] = {}
+        for t in targets:
+            old = self._targets.get(t.key)
+            if old is not None and old.ip == t.ip and old.ports == t.ports:
+                continue
+            index = self._owner.get(t.key)
+            if index is None:
+                index = self._owner[t.key] = self.worker_of(t.key)
+            self._targets[t.key] = t
+            self._health.pop(t.key, None)
+            batches.setdefault(index, []).append(t)
+        for index, batch in batches.items():
+            if (proc := self._procs[index]) is not None:
+                proc.send(Upsert(targets=batch))
+
+    def remove(self, keys: Iterable[str]) -> None:
+        batches: dict[int, list[str]] = {}
+        for key in keys:
+            if self._targets.pop(key, None) is None:
+                continue
+            self._health.pop(key, None)
+            batches.setdefault(self._owner.pop(key), []).append(key)
+        for index, batch in batches.items():
+            if (proc := self._procs[index]) is not None:
+                proc.send(Remove(keys=batch))
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def health(self, key: str) -> Health:
+        """Last health a live worker reported for ``key`` (or the hint it was added with)."""
+        return self._health.get(key, self._targets[key].health)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.alive and p.pid is not None]
+
+    # ---- from workers -------------------------------------------------------------------------
+
+    def _on_message(self, proc: _WorkerProcess, msg: FromWorker) -> None:
+        if self._procs[proc.index] is not proc:
+            self.dropped_frames += 1  # an old incarnation: never pass on what it says
+            return
+        if isinstance(msg, Transitions):
+            for tr in msg.items:
+                if self._owner.get(tr.key) != proc.index:
+                    continue  # removed (or moved) while the transition was in the pipe
+                self._health[tr.key] = tr.health
+                self._on_transition(proc.index, tr)
+        elif isinstance(msg, Stats):
+            self.stats[proc.index] = msg
+            if self._on_stats is not None:
+                self._on_stats(msg)
+        elif isinstance(msg, Hello):
+            self.icmp_modes[proc.index] = msg.icmp
+            self._ready[proc.index].set()
+
+    def _malformed(self, proc: _WorkerProcess, exc: FrameError) -> None:
+        log.error("worker %d (pid %s) sent a malformed frame (%s); restarting it", proc.index, proc.pid, exc)
+        proc.alive = False
+        proc.kill()
+
+    def _on_exit(self, proc: _WorkerProcess, code: int | None) -> None:
+        if self._closing or self._procs[proc.index] is not proc:
+            return
+        if time.monotonic() - proc.started > _STABLE_AFTER:
+            self._crashes[proc.index] = 0
+        self._schedule_restart(proc.index, f"worker {proc.index} (pid {proc.pid}) exited with code {code}")
+
+    def _schedule_restart(self, index: int, reason: str) -> None:
+        self._crashes[index] += 1
+        base, cap = self._backoff
+        delay = min(cap, base * 2 ** (self._crashes[index] - 1))
+        log.error("%s; restarting it in %.1fs", reason, delay)
+        self._restart_timers[index] = asyncio.get_running_loop().call_later(delay, self._restart, index)
+
+    def _restart(self, index: int) -> None:
+        self._restart_timers.pop(index, None)
+        if self._closing:
+            return
+        self.restarts[index] += 1
+        task = asyncio.get_running_loop().create_task(self._spawn(index))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._restarted(index, t))
+
+    def _restarted(self, index: int, task: asyncio.Task[_WorkerProcess]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and not self._closing:
+            self._schedule_restart(index, f"could not start worker {index}: {exc}")

@@ -1,0 +1,201 @@
+"""A worker process: ``python -m ehc.worker``, started by the coordinator's WorkerPool.
+
+Commands arrive as frames on stdin; transitions and stats leave as frames on stdout (which is moved
+aside at start so a stray ``print`` cannot corrupt the stream; fd 1 then points at stderr).  The
+worker exits when stdin closes, so it never outlives its coordinator, even one killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+
+import uvloop
+
+from ehc.ipc import FrameDecoder, FrameEncoder, FrameError
+from ehc.messages import Hello, Init, Remove, Stats, Stop, ToWorker, Transition, Transitions, Upsert
+from ehc.probe.tcp import raise_fd_limit
+from ehc.worker.engine import ICMP, TCP, Engine
+
+log = logging.getLogger("ehc.worker")
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _Rss:
+    """Resident set size from /proc/self/statm, kept open: reading it must not need a new descriptor
+    at the very moment the worker has run out of them."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> int:
+        if self._fd is None:
+            return 0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
+class Worker(asyncio.Protocol):
+    """Reads commands from the coordinator, drives an Engine, batches what it has to say."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, out: asyncio.WriteTransport) -> None:
+        self._loop = loop
+        self._out = out
+        self._encoder = FrameEncoder()
+        self._decoder = FrameDecoder(ToWorker)
+        self._engine: Engine | None = None
+        self._init: Init | None = None
+        self._pending: list[Transition] = []
+        self._stats_timer: asyncio.TimerHandle | None = None
+        self._window_start = time.monotonic()
+        self._rss = _Rss()
+        self.finished = loop.create_future()
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.feed(data)
+        except FrameError as exc:
+            log.error("malformed command frame from the coordinator: %s", exc)
+            self.stop(3)
+            return
+        for msg in messages:
+            self._handle(msg)
+
+    def eof_received(self) -> None:
+        self.stop(0)  # the coordinator is gone or asked us to go
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop(0)
+
+    def _handle(self, msg: ToWorker) -> None:
+        if isinstance(msg, Init):
+            self._start(msg)
+            return
+        engine = self._engine
+        if engine is None:
+            log.error("command %s before init; exiting", type(msg).__name__)
+            self.stop(3)
+        elif isinstance(msg, Upsert):
+            for target in msg.targets:
+                try:
+                    engine.upsert(target)
+                except ValueError as exc:
+                    log.error("target %s skipped: invalid address %r: %s", target.key, target.ip, exc)
+        elif isinstance(msg, Remove):
+            for key in msg.keys:
+                engine.remove(key)
+        elif isinstance(msg, Stop):
+            self.stop(0)
+
+    def _start(self, init: Init) -> None:
+        self._init = init
+        self._engine = Engine(self._loop, init.settings, self._queue_transition)
+        icmp = self._engine.start()
+        log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), icmp)
+        self._send(Hello(worker=init.worker, pid=os.getpid(), icmp=icmp))
+        self._stats_timer = self._loop.call_later(init.stats_interval, self._report)
+
+    # ---- output -------------------------------------------------------------------------------
+
+    def _send(self, msg: Hello | Transitions | Stats) -> None:
+        if not self._out.is_closing():
+            self._out.write(self._encoder.encode(msg))
+
+    def _queue_transition(self, transition: Transition) -> None:
+        if not self._pending:  # one frame per loop iteration, however many flips it saw
+            self._loop.call_soon(self._flush)
+        self._pending.append(transition)
+
+    def _flush(self) -> None:
+        items, self._pending = self._pending, []
+        if items:
+            self._send(Transitions(items=items))
+
+    def _report(self) -> None:
+        engine, init = self._engine, self._init
+        assert engine is not None and init is not None
+        self._stats_timer = self._loop.call_later(init.stats_interval, self._report)
+        self._send(self._stats(engine, init.worker))
+
+    def _stats(self, engine: Engine, worker: int) -> Stats:
+        now = time.monotonic()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        lag = engine.lag
+        counts = engine.target_counts
+        stats = Stats(
+            worker=worker,
+            pid=os.getpid(),
+            targets_tcp=counts[TCP],
+            targets_icmp=counts[ICMP],
+            in_flight=engine.in_flight,
+            probes_tcp=engine.probes[TCP],
+            probes_icmp=engine.probes[ICMP],
+            failures_tcp=engine.failures[TCP],
+            failures_icmp=engine.failures[ICMP],
+            local_errors=engine.local_errors,
+            transitions=engine.transitions,
+            latency_buckets=engine.latency.cumulative(),
+            latency_sum=engine.latency.sum,
+            window_seconds=now - self._window_start,
+            window_probes=lag.count,
+            lag_p50=lag.quantile(0.5),
+            lag_p99=lag.quantile(0.99),
+            lag_max=lag.max,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            rss_bytes=self._rss(),
+        )
+        lag.reset()
+        self._window_start = now
+        return stats
+
+    def stop(self, code: int) -> None:
+        if self.finished.done():
+            return
+        self._flush()
+        if self._engine is not None:
+            self._engine.close()
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+        self.finished.set_result(code)
+
+
+async def _serve(out_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0))
+    worker = Worker(loop, out)  # type: ignore[arg-type]
+    await loop.connect_read_pipe(lambda: worker, os.fdopen(0, "rb", buffering=0))
+    loop.add_signal_handler(signal.SIGTERM, worker.stop, 0)
+    code = await worker.finished
+    out.close()  # flushes what is buffered before the pipe closes
+    return code
+
+
+def main() -> int:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # anything printed goes to stderr, never into the frame stream
+    # Ctrl-C in a terminal reaches the whole process group; the coordinator decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=os.environ.get("EHC_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    raise_fd_limit()
+    return uvloop.run(_serve(out_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The probe engine: owns its targets' schedules and decides when a target changes health.
+
+Each target is probed once per interval at its own phase.  Phases live on a timing wheel: the
+interval is cut into slots of about 5 ms, every target sits in a random slot (so start times spread
+evenly over the interval: no thundering herd), and one loop timer walks the wheel, starting each
+slot's probes when its time comes.  That costs one timer per slot instead of one per probe, and the
+schedule lag (how late a slot started) is measured once per slot.  A result that contradicts the target's current health opens an
+*episode*: the remaining confirmations needed to flip it are launched at once, ``confirm_spacing``
+apart, rather than one after another, so a dead endpoint is declared after about one timeout instead
+of ``(1 + retry_count) × timeout``.  Any agreeing result closes the episode (one success resets the
+failure count).  A target flips to unhealthy after ``1 + retry_count`` failures in a row and back to
+healthy after ``recovery_threshold`` successes in a row; a target of unknown health becomes healthy
+on its first success.  Local errors (no descriptors, no ports) say nothing about the endpoint and
+never count.
+
+Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
+its prober's deadline queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from functools import partial
+
+from ehc.config import ProbeSettings
+from ehc.messages import Health, Target, Transition
+from ehc.probe import FAIL, LOCAL_ERROR, OK
+from ehc.probe.icmp import IcmpPinger
+from ehc.probe.tcp import TcpProber
+from ehc.worker.stats import LagWindow, LatencyHistogram
+
+log = logging.getLogger("ehc.worker")
+
+TCP = "tcp"
+ICMP = "icmp"
+
+_UNKNOWN, _HEALTHY, _UNHEALTHY = Health.UNKNOWN, Health.HEALTHY, Health.UNHEALTHY
+
+
+TICK = 0.005
+"""Target length of a wheel slot (seconds): the granularity of the probe schedule."""
+_MAX_SLOTS = 4096
+_CATCH_UP = 4
+"""Most slots started in one go when the loop runs late."""
+
+
+class _Target:
+    """A target's place on the wheel and the state of its current episode."""
+
+    __slots__ = (
+        "family",
+        "gen",
+        "health",
+        "ip",
+        "key",
+        "kind",
+        "ports",
+        "removed",
+        "slot",
+        "spec",
+        "votes",
+    )
+
+    def __init__(self, spec: Target) -> None:
+        self.spec = spec
+        self.key = spec.key
+        self.ip = spec.ip
+        self.ports = spec.ports
+        self.kind = TCP if spec.ports else ICMP
+        self.family = socket.AF_INET6 if ipaddress.ip_address(spec.ip).version == 6 else socket.AF_INET
+        self.health = spec.health
+        self.gen = 0  # bumped when an episode ends; results of older attempts are ignored
+        self.votes = 0  # results in a row contradicting ``health``
+        self.slot = 0
+        self.removed = False
+
+
+class Engine:
+    """Probes a changing set of targets on one event loop and reports transitions."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: ProbeSettings,
+        on_transition: Callable[[Transition], None],
+        *,
+        tcp: TcpProber | None = None,
+        icmp: IcmpPinger | None = None,
+    ) -> None:
+        self._loop = loop
+        self._settings = settings
+        self._on_transition = on_transition
+        self._fail_needed = 1 + settings.retry_count
+        self._recover_needed = settings.recovery_threshold
+        self._targets: dict[str, _Target] = {}
+        self._slots_n = max(1, min(_MAX_SLOTS, round(settings.interval / TICK)))
+        self._slot_len = settings.interval / self._slots_n
+        self._wheel: list[dict[str, _Target]] = [{} for _ in range(self._slots_n)]
+        self._origin = time.monotonic()  # when tick 0 was due
+        self._next_tick = 0
+        self._driver: asyncio.Handle | None = None
+        self._tcp = tcp or TcpProber(loop, settings.timeout)
+        self._icmp = icmp or IcmpPinger(loop)
+        self.icmp_mode = ""
+        # Cumulative figures, read by the worker's stats reporter.
+        self.probes = {TCP: 0, ICMP: 0}
+        self.failures = {TCP: 0, ICMP: 0}
+        self.local_errors = 0
+        self.transitions = 0
+        self.skipped_ticks = 0
+        self.latency = LatencyHistogram()
+        self.lag = LagWindow()
+
+    def start(self) -> str:
+        """Open the probe sockets and start the wheel; return how ICMP is done (for the start-up log)."""
+        self.icmp_mode = self._icmp.open()
+        self._origin = time.monotonic()
+        self._next_tick = 0
+        self._driver = self._loop.call_at(self._origin, self._drive)
+        return self.icmp_mode
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.cancel()
+        for t in self._targets.values():
+            t.removed = True
+        self._targets.clear()
+        self._wheel = [{} for _ in range(self._slots_n)]
+        self._tcp.close()
+        self._icmp.close()
+
+    # ---- target set ---------------------------------------------------------------------------
+
+    def upsert(self, spec: Target, *, immediate: bool = False) -> None:
+        """Add a target or change its address/ports (which starts it afresh from ``spec.health``).
+
+        ``immediate`` probes it now rather than at a random phase of the interval.
+        Raises ValueError for an invalid IP address.
+        """
+        old = self._targets.get(spec.key)
+        if old is not None:
+            if old.ip == spec.ip and old.ports == spec.ports:
+                return
+            self.remove(spec.key)
+        t = _Target(spec)
+        self._targets[spec.key] = t
+        t.slot = random.randrange(self._slots_n)
+        self._wheel[t.slot][t.key] = t
+        if immediate:
+            self._loop.call_soon(self._attempt, t)
+
+    def remove(self, key: str) -> None:
+        t = self._targets.pop(key, None)
+        if t is not None:
+            t.removed = True
+            del self._wheel[t.slot][key]
+
+    @property
+    def target_counts(self) -> dict[str, int]:
+        icmp = sum(1 for t in self._targets.values() if t.kind is ICMP)
+        return {TCP: len(self._targets) - icmp, ICMP: icmp}
+
+    @property
+    def in_flight(self) -> int:
+        return self._tcp.in_flight + self._icmp.in_flight
+
+    def health(self, key: str) -> Health:
+        return self._targets[key].health
+
+    # ---- schedule -----------------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        """Start the probes of the slots whose time has come, then sleep until the next slot.
+
+        A late loop catches up at most ``_CATCH_UP`` slots at a time, handing the loop back between
+        bursts so completions are read; a loop more than a whole interval late skips the missed
+        slots rather than probe everything at once.
+        """
+        n, slot_len, origin = self._slots_n, self._slot_len, self._origin
+        tick = self._next_tick
+        now = time.monotonic()
+        current = int((now - origin) / slot_len)
+        if current - tick >= n:
+            self.skipped_ticks += current - tick - n + 1
+            tick = current - n + 1
+        last = min(current, tick + _CATCH_UP - 1)
+        while tick <= last:
+            slot = self._wheel[tick % n]
+            if slot:
+                self.lag.add(max(0.0, now - (origin + tick * slot_len)), len(slot))
+                for t in slot.values():  # probes never call back synchronously
+                    self._attempt(t)
+                now = time.monotonic()
+            tick += 1
+        self._next_tick = tick
+        if tick <= current:
+            self._driver = self._loop.call_soon(self._drive)
+        else:
+            self._driver = self._loop.call_at(origin + tick * slot_len, self._drive)
+
+    def _confirm(self, t: _Target, gen: int) -> None:
+        if not t.removed and t.gen == gen:
+            self._attempt(t)
+
+    def _attempt(self, t: _Target) -> None:
+        if t.removed:
+            return
+        if t.kind is ICMP:
+            self._icmp.ping(t.ip, t.family, self._settings.timeout, partial(self._on_result, t, t.gen, 0))
+        elif len(t.ports) == 1:
+            port = t.ports[0]
+            self._tcp.probe(t.ip, port, t.family, partial(self._on_result, t, t.gen, port))
+        else:
+            _AllPorts(self, t)
+
+    # ---- judgement ----------------------------------------------------------------------------
+
+    def _count(self, kind: str, outcome: int, latency: float) -> None:
+        if outcome == LOCAL_ERROR:
+            self.local_errors += 1
+            return
+        self.probes[kind] += 1
+        if outcome == OK:
+            self.latency.add(latency)
+        else:
+            self.failures[kind] += 1
+
+    def _on_result(self, t: _Target, gen: int, port: int, outcome: int, latency: float, detail: str) -> None:
+        self._count(t.kind, outcome, latency)
+        self._judge(t, gen, port, outcome, latency, detail)
+
+    def _judge(self, t: _Target, gen: int, port: int, outcome: int, latency: float, detail: str) -> None:
+        if t.removed or gen != t.gen:
+            return
+        if outcome == LOCAL_ERROR:
+            log.warning("probe of %s (%s) could not be made: %s", t.key, t.ip, detail)
+            return
+        ok = outcome == OK
+        if ok and t.health == _UNKNOWN:
+            self._flip(t, _HEALTHY, port, detail, latency)
+            return
+        believed_up = t.health != _UNHEALTHY
+        if ok == believed_up:  # agrees: any open episode is over
+            if t.votes:
+                t.votes = 0
+                t.gen += 1
+            return
+        t.votes += 1
+        needed = self._fail_needed if believed_up else self._recover_needed
+        if t.votes >= needed:
+            self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, port, detail, latency)
+        elif t.votes == 1:
+            spacing = self._settings.confirm_spacing
+            start = time.monotonic()
+            for i in range(1, needed):
+                self._loop.call_at(start + i * spacing, self._confirm, t, t.gen)
+
+    def _flip(self, t: _Target, health: Health, port: int, detail: str, latency: float) -> None:
+        attempts = max(1, t.votes)
+        t.health = health
+        t.votes = 0
+        t.gen += 1
+        self.transitions += 1
+        self._on_transition(Transition(t.key, health, t.kind, port, detail, latency, attempts, time.time()))
+
+
+class _AllPorts:
+    """One attempt on a target with several ports: it succeeds only if every port connects."""
+
+    __slots__ = ("_engine", "_fail", "_gen", "_latency", "_local", "_target", "_waiting")
+
+    def __init__(self, engine: Engine, t: _Target) -> None:
+        self._engine = engine
+        self._target = t
+        self._gen = t.gen
+        self._waiting = len(t.ports)
+        self._fail: tuple[int, int, float, str] | None = None
+        self._local: tuple[int, int, float, str] | None = None
+        self._latency = 0.0
+        for port in t.ports:
+            engine._tcp.probe(t.ip, port, t.family, partial(self._on_port, port))
+
+    def _on_port(self, port: int, outcome: int, latency: float, detail: str) -> None:
+        self._engine._count(TCP, outcome, latency)
+        if outcome == FAIL and self._fail is None:
+            self._fail = (FAIL, port, latency, detail)
+        elif outcome == LOCAL_ERROR and self._local is None:
+            self._local = (LOCAL_ERROR, port, latency, detail)
+        self._latency = max(self._latency, latency)
+        self._waiting -= 1
+        if not self._waiting:
+            outcome, port, latency, detail = self._fail or self._local or (OK, 0, self._latency, "")
+            self._engine._judge(self._target, self._gen, port, outcome, latency, detail)

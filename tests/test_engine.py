@@ -1,0 +1,193 @@
+"""The engine's retry policy and schedule, with scripted probe outcomes and with real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from ehc.config import ProbeSettings
+from ehc.messages import Health, Target, Transition
+from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
+from ehc.worker.engine import Engine
+
+FAST = ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, recovery_threshold=2, confirm_spacing=0.005)
+
+
+class ScriptedProber:
+    """Stands in for the TCP prober: answers each attempt with the next outcome of a script."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, script: Callable[[int], int]) -> None:
+        self._loop = loop
+        self.timeout = FAST.timeout
+        self._script = script
+        self.calls: list[float] = []
+        self.in_flight = 0
+
+    def probe(self, ip: str, port: int, family: int, done: Done) -> None:
+        outcome = self._script(len(self.calls))
+        self.calls.append(self._loop.time())
+        self._loop.call_soon(done, outcome, 0.001, "" if outcome == OK else "scripted")
+
+    def close(self) -> None:
+        pass
+
+
+def _engine(script: Callable[[int], int], settings: ProbeSettings = FAST):
+    loop = asyncio.get_running_loop()
+    transitions: list[tuple[int, Transition]] = []
+    prober = ScriptedProber(loop, script)
+    engine = Engine(loop, settings, lambda tr: transitions.append((len(prober.calls), tr)), tcp=prober)  # type: ignore[arg-type]
+    engine.start()
+    return engine, prober, transitions
+
+
+async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+async def test_flips_after_exactly_one_plus_retry_count_failures() -> None:
+    # Known healthy; every attempt fails.
+    engine, prober, transitions = _engine(lambda i: FAIL)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: bool(transitions))
+    calls_at_flip, tr = transitions[0]
+    assert calls_at_flip == 1 + FAST.retry_count
+    assert (tr.health, tr.attempts, tr.detail, tr.port) == (Health.UNHEALTHY, 4, "scripted", 80)
+    engine.close()
+
+
+async def test_one_success_resets_the_failure_count() -> None:
+    # F F F S | F F F F : the success closes the first episode; only the next four in a row flip it.
+    script = [FAIL, FAIL, FAIL, OK, FAIL, FAIL, FAIL, FAIL]
+    engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else FAIL)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: bool(transitions))
+    assert [(n, tr.health) for n, tr in transitions] == [(8, Health.UNHEALTHY)]
+    engine.close()
+
+
+async def test_confirmations_run_in_parallel_not_one_timeout_after_another() -> None:
+    engine, prober, transitions = _engine(lambda i: FAIL)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: bool(transitions))
+    # All confirmations were launched from the first failure, confirm_spacing apart, well inside
+    # one interval: they did not wait for each other or for the next tick.
+    spread = prober.calls[3] - prober.calls[0]
+    assert spread < FAST.interval
+    engine.close()
+
+
+async def test_recovers_after_recovery_threshold_successes() -> None:
+    script = [OK, FAIL, OK, OK]  # S F: no flip (count reset); S S: flip
+    engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.UNHEALTHY), immediate=True)
+    await _until(lambda: bool(transitions))
+    n, tr = transitions[0]
+    assert (n, tr.health, tr.attempts) == (4, Health.HEALTHY, 2)
+    engine.close()
+
+
+async def test_unknown_target_is_healthy_on_first_success() -> None:
+    engine, prober, transitions = _engine(lambda i: OK)
+    engine.upsert(Target("a", "127.0.0.1", (80,)), immediate=True)
+    await _until(lambda: bool(transitions))
+    assert [(n, tr.health, tr.attempts) for n, tr in transitions] == [(1, Health.HEALTHY, 1)]
+    engine.close()
+
+
+async def test_local_errors_never_flip_a_target() -> None:
+    engine, prober, transitions = _engine(lambda i: LOCAL_ERROR)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: engine.local_errors >= 3)  # several intervals of nothing but local errors
+    assert transitions == []
+    assert engine.health("a") == Health.HEALTHY
+    assert engine.local_errors >= 3
+    engine.close()
+
+
+async def test_removed_target_reports_nothing() -> None:
+    engine, prober, transitions = _engine(lambda i: FAIL)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: len(prober.calls) >= 1)
+    engine.remove("a")
+    await asyncio.sleep(FAST.interval * 2)
+    assert transitions == []
+    engine.close()
+
+
+async def test_start_times_spread_evenly_over_the_interval() -> None:
+    settings = ProbeSettings(interval=0.5, timeout=0.1)
+    engine, prober, _ = _engine(lambda i: OK, settings)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(2000):
+        engine.upsert(Target(f"t{i}", "127.0.0.1", (80,), Health.HEALTHY))
+    await _until(lambda: len(prober.calls) >= 2000)
+    first = prober.calls[:2000]
+    deciles = Counter(min(9, int((t - t0) / settings.interval * 10)) for t in first)
+    assert set(deciles) == set(range(10))
+    assert all(120 <= n <= 280 for n in deciles.values()), deciles  # 200 expected per tenth
+    engine.close()
+
+
+async def test_each_target_is_probed_once_per_interval() -> None:
+    settings = ProbeSettings(interval=0.1, timeout=0.05)
+    engine, prober, _ = _engine(lambda i: OK, settings)
+    for i in range(100):
+        engine.upsert(Target(f"t{i}", "127.0.0.1", (80,), Health.HEALTHY))
+    await asyncio.sleep(1.05)
+    engine.close()
+    # ~10 intervals: 100 targets × 10, give or take one slot per target at each end.
+    assert 100 * 8 <= len(prober.calls) <= 100 * 11
+
+
+# ---- real sockets -------------------------------------------------------------------------------
+
+
+async def _decide(target: Target, settings: ProbeSettings = FAST) -> Transition:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Transition] = loop.create_future()
+    engine = Engine(loop, settings, lambda tr: fut.done() or fut.set_result(tr))
+    engine.start()
+    engine.upsert(target, immediate=True)
+    try:
+        return await asyncio.wait_for(fut, 5)
+    finally:
+        engine.close()
+
+
+async def test_real_closed_port_flips_after_retries(closed_port: int) -> None:
+    tr = await _decide(Target("x", "127.0.0.1", (closed_port,), Health.HEALTHY))
+    assert (tr.health, tr.kind, tr.port, tr.detail, tr.attempts) == (
+        Health.UNHEALTHY, "tcp", closed_port, "connrefused", 1 + FAST.retry_count,
+    )  # fmt: skip
+
+
+async def test_real_open_port_is_healthy(listener: socket.socket) -> None:
+    tr = await _decide(Target("x", "127.0.0.1", (listener.getsockname()[1],)))
+    assert (tr.health, tr.kind) == (Health.HEALTHY, "tcp")
+
+
+async def test_every_port_must_answer(listener: socket.socket, closed_port: int) -> None:
+    tr = await _decide(Target("x", "127.0.0.1", (listener.getsockname()[1], closed_port), Health.HEALTHY))
+    assert (tr.health, tr.port, tr.detail) == (Health.UNHEALTHY, closed_port, "connrefused")
+
+
+async def test_real_icmp_to_loopback_is_healthy() -> None:
+    tr = await _decide(Target("x", "127.0.0.1"))
+    if tr.health != Health.HEALTHY and "unavailable" in tr.detail:
+        pytest.skip(tr.detail)
+    assert (tr.health, tr.kind, tr.port) == (Health.HEALTHY, "icmp", 0)
+
+
+async def test_invalid_ip_is_rejected() -> None:
+    engine, _, _ = _engine(lambda i: OK)
+    with pytest.raises(ValueError):
+        engine.upsert(Target("x", "not-an-ip", (80,)))
+    engine.close()

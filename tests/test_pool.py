@@ -1,0 +1,203 @@
+"""WorkerPool with real worker processes and real pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ehc.config import ProbeSettings
+from ehc.messages import Health, Stats, Target, Transition
+from ehc.pool import WorkerPool
+
+FAST = ProbeSettings(interval=0.2, timeout=0.2, retry_count=1, recovery_threshold=1, confirm_spacing=0.01)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.transitions: list[tuple[int, Transition]] = []
+        self.stats: list[Stats] = []
+
+    def on_transition(self, worker: int, tr: Transition) -> None:
+        self.transitions.append((worker, tr))
+
+    def on_stats(self, stats: Stats) -> None:
+        self.stats.append(stats)
+
+    def health(self) -> dict[str, Health]:
+        return {tr.key: tr.health for _, tr in self.transitions}
+
+
+async def _until(predicate, limit: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+async def test_targets_are_spread_and_probed(
+    recorder: Recorder, listener: socket.socket, closed_port: int
+) -> None:
+    port = listener.getsockname()[1]
+    up = [Target(f"up-{i}", "127.0.0.1", (port,)) for i in range(20)]
+    down = [Target(f"down-{i}", "127.0.0.1", (closed_port,)) for i in range(10)]
+    ping = [Target("ping-v4", "127.0.0.1"), Target("ping-v6", "::1")]
+    async with WorkerPool(
+        3, FAST, on_transition=recorder.on_transition, on_stats=recorder.on_stats, stats_interval=0.2
+    ) as pool:
+        pool.upsert(up + down + ping)
+        await _until(lambda: len(recorder.health()) == len(up + down + ping))
+        health = recorder.health()
+        assert all(health[t.key] == Health.HEALTHY for t in up)
+        assert all(health[t.key] == Health.UNHEALTHY for t in down)
+        if "unavailable" not in " ".join(pool.icmp_modes.values()):
+            assert health["ping-v4"] == health["ping-v6"] == Health.HEALTHY
+        # each transition came from the worker the hash assigns
+        assert all(worker == pool.worker_of(tr.key) for worker, tr in recorder.transitions)
+        assert {w for w, _ in recorder.transitions} == {0, 1, 2}
+        await _until(lambda: {s.worker for s in recorder.stats} == {0, 1, 2})
+        # Pipe traffic follows transitions: one per target, however many probes ran.
+        probes_before = sum(pool.stats[w].probes_tcp for w in range(3))
+        n = len(recorder.transitions)
+        await asyncio.sleep(1.0)
+        assert sum(pool.stats[w].probes_tcp for w in range(3)) > probes_before
+        assert len(recorder.transitions) == n
+
+
+async def test_remove_and_update(recorder: Recorder, listener: socket.socket, closed_port: int) -> None:
+    port = listener.getsockname()[1]
+    async with WorkerPool(2, FAST, on_transition=recorder.on_transition) as pool:
+        pool.upsert([Target("a", "127.0.0.1", (port,)), Target("b", "127.0.0.1", (port,))])
+        await _until(lambda: len(recorder.transitions) == 2)
+        pool.remove(["b"])
+        pool.upsert([Target("a", "127.0.0.1", (closed_port,), Health.HEALTHY)])  # its port changed
+        await _until(lambda: recorder.health()["a"] == Health.UNHEALTHY)
+        assert len(pool) == 1
+        assert [tr.key for _, tr in recorder.transitions].count("b") == 1
+
+
+async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
+    recorder: Recorder, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    targets = [Target(f"t{i}", "127.0.0.1", (port,)) for i in range(40)]
+    async with WorkerPool(
+        2, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 1.0)
+    ) as pool:
+        pool.upsert(targets)
+        await _until(lambda: len(recorder.transitions) == 40)
+        victim = pool.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        await _until(lambda: pool.restarts[0] == 1 and len(pool.pids()) == 2 and victim not in pool.pids())
+        new_pid = pool.pids()[0]
+        # The new process probes the victim's targets again...
+        await _until(
+            lambda: 0 in pool.stats and pool.stats[0].pid == new_pid and pool.stats[0].probes_tcp > 0
+        )
+        assert pool.stats[0].targets_tcp == sum(1 for t in targets if pool.worker_of(t.key) == 0)
+        await asyncio.sleep(0.5)
+        # ...resuming from the health it had: no transition was reported for the crash.
+        assert len(recorder.transitions) == 40
+
+
+async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: socket.socket) -> None:
+    from ehc.messages import Transitions
+
+    async with WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 1.0)) as pool:
+        pool.upsert([Target("t", "127.0.0.1", (listener.getsockname()[1],))])
+        await _until(lambda: len(recorder.transitions) == 1)
+        old = pool._procs[0]
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        await _until(lambda: pool._procs[0] is not old and len(pool.pids()) == 1)
+        fake = Transition("t", Health.UNHEALTHY, "tcp", 1, "timeout", 0.2, 2, time.time())
+        pool._on_message(old, Transitions(items=[fake]))  # a frame from the dead process
+        assert len(recorder.transitions) == 1
+        assert pool.dropped_frames == 1
+
+
+async def test_malformed_frame_restarts_the_worker_not_the_coordinator(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
+    # A "worker" that says hello properly once, then writes garbage into the frame stream.
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from ehc.ipc import FrameEncoder
+        from ehc.messages import Hello
+        out = sys.stdout.buffer
+        out.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
+        out.write(b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1")
+        out.flush()
+        time.sleep(30)
+        """
+    )
+    caplog.set_level(logging.ERROR, logger="ehc.pool")
+    pool = WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 0.5),
+                      worker_command=[sys.executable, "-c", script])  # fmt: skip
+    await pool.start()
+    try:
+        await _until(lambda: pool.restarts[0] >= 1)
+        assert "malformed frame" in caplog.text
+        assert recorder.transitions == []
+    finally:
+        await pool.close()
+    assert pool.pids() == []
+
+
+COORDINATOR = [sys.executable, "-m", "ehc", "probe", "--watch", "--workers", "3", "--interval", "200ms"]
+
+
+def _start_coordinator(port: int) -> tuple[subprocess.Popen[str], list[int]]:
+    proc = subprocess.Popen(
+        [*COORDINATOR, f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "watching" in line:
+            pids = [int(p) for p in line.split("pids ")[1].split(";")[0].split()]
+            assert len(pids) == 3
+            return proc, pids
+    proc.kill()
+    raise AssertionError("coordinator did not start")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_clean_shutdown_leaves_no_orphans(listener: socket.socket, sig: signal.Signals) -> None:
+    proc, pids = _start_coordinator(listener.getsockname()[1])
+    assert all(_alive(p) for p in pids)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=15) == 0
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_workers_exit_when_the_coordinator_is_killed(listener: socket.socket) -> None:
+    proc, pids = _start_coordinator(listener.getsockname()[1])
+    proc.kill()  # SIGKILL: no chance to clean up; the workers see their stdin close
+    proc.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
