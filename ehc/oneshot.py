@@ -1,0 +1,224 @@
+"""``ehc probe``: run the real probe engine against targets given on the command line.
+
+Same engine, same retry policy as ``ehc run``: a target is healthy on its first answer and unhealthy
+after ``1 + retry-count`` failed attempts in a row (the confirmations run in parallel).  By default
+each target is decided once, in process; ``--watch`` keeps probing them with a pool of worker
+processes and prints every transition until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import signal
+import sys
+import time
+
+import uvloop
+
+from ehc.config import ProbeSettings, format_duration, parse_duration
+from ehc.messages import Health, Target, Transition
+from ehc.pool import WorkerPool
+from ehc.probe.tcp import raise_fd_limit
+from ehc.worker.engine import Engine
+
+_DEFAULTS = ProbeSettings()
+
+
+def parse_target(text: str) -> Target:
+    """``ip`` (ICMP), ``ip:port`` or ``[v6]:port`` (TCP); a bare IPv6 address means ICMP."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"target {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+        if rest and not port_text:
+            raise ValueError(f"target {text!r}: missing port after ':'")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        if not port_text:
+            raise ValueError(f"target {text!r}: missing port after ':'")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"target {text!r}: {host!r} is not an IPv4 or IPv6 address") from None
+    ports: tuple[int, ...] = ()
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"target {text!r}: port {port_text!r} is not a number from 1 to 65535")
+        ports = (int(port_text),)
+    return Target(key=text, ip=str(ip), ports=ports)
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _target_arg(text: str) -> Target:
+    try:
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "probe",
+        help="probe endpoints once with the real engine and print their health",
+        description=(
+            "Probe each TARGET once with ehc's engine and retry policy. TARGET is IP (ICMP echo), "
+            "IP:PORT or [IPv6]:PORT (TCP connect). Exit status: 0 all healthy, 1 any unhealthy, "
+            "2 bad arguments."
+        ),
+    )
+    p.add_argument("targets", nargs="+", type=_target_arg, metavar="TARGET")
+    p.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        default=_DEFAULTS.timeout,
+        metavar="DUR",
+        help=f"per-attempt timeout, Go duration syntax (default {format_duration(_DEFAULTS.timeout)})",
+    )
+    p.add_argument(
+        "--retry-count",
+        type=_count_arg,
+        default=_DEFAULTS.retry_count,
+        metavar="N",
+        help=f"unhealthy after 1+N failed attempts in a row (default {_DEFAULTS.retry_count})",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep probing every interval with worker processes; print each transition until stopped",
+    )
+    p.add_argument(
+        "--interval",
+        type=_duration_arg,
+        default=_DEFAULTS.interval,
+        metavar="DUR",
+        help=f"with --watch: probe period per target (default {format_duration(_DEFAULTS.interval)})",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_arg,
+        default=1,
+        metavar="N",
+        help="with --watch: worker processes (default 1)",
+    )
+    p.set_defaults(func=run)
+
+
+def _positive_arg(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    interval = args.interval if args.watch else max(_DEFAULTS.interval, args.timeout)
+    try:
+        settings = ProbeSettings(
+            timeout=args.timeout, retry_count=args.retry_count, interval=interval
+        ).validate()
+    except ValueError as exc:
+        print(f"ehc probe: error: {exc}", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    if args.watch:
+        return uvloop.run(watch(args.targets, settings, args.workers))
+    results = uvloop.run(probe_once(args.targets, settings))
+    width = max(len(t.key) for t in args.targets)
+    for target in args.targets:
+        print(_line(target, results[target.key], width))
+    healthy = all(tr.health == Health.HEALTHY for tr in results.values())
+    return 0 if healthy else 1
+
+
+async def probe_once(targets: list[Target], settings: ProbeSettings) -> dict[str, Transition]:
+    """Probe every target until its health is decided; return the deciding transition of each."""
+    loop = asyncio.get_running_loop()
+    decided: dict[str, Transition] = {}
+    all_done = loop.create_future()
+    wanted = {t.key for t in targets}
+
+    def on_transition(tr: Transition) -> None:
+        decided.setdefault(tr.key, tr)
+        if len(decided) == len(wanted) and not all_done.done():
+            all_done.set_result(None)
+
+    engine = Engine(loop, settings, on_transition)
+    mode = engine.start()
+    if any(not t.ports for t in targets) and "unavailable" in mode:
+        print(f"ehc probe: {mode}", file=sys.stderr)
+    try:
+        for t in targets:
+            engine.upsert(t, immediate=True)
+        # Local errors (no descriptors, no ICMP socket) decide nothing; give up after a few intervals.
+        budget = (2 + settings.retry_count) * (settings.interval + settings.timeout) + 1.0
+        try:
+            async with asyncio.timeout(budget):
+                await all_done
+        except TimeoutError:
+            now = time.time()
+            for key in wanted - decided.keys():
+                decided[key] = Transition(
+                    key, Health.UNKNOWN, "", 0, "undecided: probes could not be made", 0, 0, now
+                )
+    finally:
+        engine.close()
+    return decided
+
+
+async def watch(targets: list[Target], settings: ProbeSettings, workers: int) -> int:
+    """Probe continuously with a WorkerPool; print transitions until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    by_key = {t.key: t for t in targets}
+    width = max(len(t.key) for t in targets)
+
+    def on_transition(worker: int, tr: Transition) -> None:
+        print(f"{time.strftime('%H:%M:%S')}  {_line(by_key[tr.key], tr, width)}", flush=True)
+
+    pool = WorkerPool(workers, settings, on_transition=on_transition)
+    try:
+        await pool.start()
+        modes = sorted(set(pool.icmp_modes.values()))
+        print(
+            f"ehc probe: watching {len(targets)} target(s) every {format_duration(settings.interval)} "
+            f"with {workers} worker(s), pids {' '.join(map(str, pool.pids()))}; {'; '.join(modes)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        pool.upsert(targets)
+        await stop.wait()
+    finally:
+        await pool.close()
+    return 0
+
+
+def _line(target: Target, tr: Transition, width: int) -> str:
+    kind = "tcp" if target.ports else "icmp"
+    if tr.health == Health.HEALTHY:
+        verdict, evidence = "healthy", f"{tr.latency * 1000:.2f}ms"
+    elif tr.health == Health.UNHEALTHY:
+        plural = "s" if tr.attempts != 1 else ""
+        verdict, evidence = "unhealthy", f"{tr.detail} ({tr.attempts} attempt{plural} failed)"
+    else:
+        verdict, evidence = "unknown", tr.detail
+    return f"{target.key:<{width}}  {verdict:<9}  {kind:<4}  {evidence}"
