@@ -48,6 +48,7 @@ TICK = 0.005
 _MAX_SLOTS = 4096
 _CATCH_UP = 4
 """Most slots started in one go when the loop runs late."""
+_LOCAL_ERROR_LOG_EVERY = 5.0
 
 
 class _Target:
@@ -114,6 +115,8 @@ class Engine:
         self.local_errors = 0
         self.transitions = 0
         self.skipped_ticks = 0
+        self._local_error_logged_at = -_LOCAL_ERROR_LOG_EVERY
+        self._local_errors_unlogged = 0
         self.latency = LatencyHistogram()
         self.lag = LagWindow()
 
@@ -232,6 +235,10 @@ class Engine:
             self.failures[kind] += 1
 
     def _on_result(self, t: _Target, gen: int, port: int, outcome: int, latency: float, detail: str) -> None:
+        if outcome == OK and t.health == _HEALTHY and not t.votes:  # the common case: nothing to decide
+            self.probes[t.kind] += 1
+            self.latency.add(latency)
+            return
         self._count(t.kind, outcome, latency)
         self._judge(t, gen, port, outcome, latency, detail)
 
@@ -239,7 +246,7 @@ class Engine:
         if t.removed or gen != t.gen:
             return
         if outcome == LOCAL_ERROR:
-            log.warning("probe of %s (%s) could not be made: %s", t.key, t.ip, detail)
+            self._log_local_error(t, detail)
             return
         ok = outcome == OK
         if ok and t.health == _UNKNOWN:
@@ -260,6 +267,27 @@ class Engine:
             start = time.monotonic()
             for i in range(1, needed):
                 self._loop.call_at(start + i * spacing, self._confirm, t, t.gen)
+
+    def _log_local_error(self, t: _Target, detail: str) -> None:
+        """Say so, at most every few seconds: when descriptors run out, they run out for thousands."""
+        now = time.monotonic()
+        if now - self._local_error_logged_at < _LOCAL_ERROR_LOG_EVERY:
+            self._local_errors_unlogged += 1
+            return
+        more = (
+            f" ({self._local_errors_unlogged} more since the last report)"
+            if self._local_errors_unlogged
+            else ""
+        )
+        log.warning(
+            "probe of %s (%s) could not be made: %s; it does not count against the target%s",
+            t.key,
+            t.ip,
+            detail,
+            more,
+        )
+        self._local_error_logged_at = now
+        self._local_errors_unlogged = 0
 
     def _flip(self, t: _Target, health: Health, port: int, detail: str, latency: float) -> None:
         attempts = max(1, t.votes)
