@@ -58,7 +58,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.decoder = FrameDecoder(FromWorker)
         self.transport: asyncio.SubprocessTransport | None = None
         self.alive = True
-        self.started = time.monotonic()
+        self.started = self.last_heard = time.monotonic()
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     @property
@@ -80,10 +80,19 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self._deliver(messages)
 
     def _deliver(self, messages: list[FromWorker]) -> None:
+        if messages:
+            self.last_heard = time.monotonic()
         for msg in messages:
             if not self.alive:
                 return
             self.pool._on_message(self, msg)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and self.alive and not self.pool._closing:
+            # Its frame stream is gone, so it can no longer report: as good as dead.
+            log.error("worker %d (pid %s) closed its output pipe; killing it", self.index, self.pid)
+            self.alive = False
+            self.kill()
 
     def process_exited(self) -> None:
         self.alive = False
@@ -98,7 +107,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
                 stdin.write(self.pool._encoder.encode(message))  # type: ignore[attr-defined]
 
     def kill(self) -> None:
-        if self.transport is not None and self.exited.done() is False:
+        if self.transport is not None and not self.exited.done():
             with contextlib.suppress(ProcessLookupError):
                 self.transport.send_signal(signal.SIGKILL)
 
@@ -138,6 +147,8 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[_WorkerProcess]] = set()
         self._closing = False
         self._ready = [asyncio.Event() for _ in range(workers)]
+        self._silence_limit = max(1.0, 5 * stats_interval)
+        self._watchdog: asyncio.TimerHandle | None = None
         self.restarts = [0] * workers
         self.stats: dict[int, Stats] = {}
         self.icmp_modes: dict[int, str] = {}
@@ -149,6 +160,7 @@ class WorkerPool:
         """Spawn every worker and wait until each has said hello (restarting any that die first)."""
         for i in range(self.size):
             await self._spawn(i)
+        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit, self._check_silence)
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*(ready.wait() for ready in self._ready))
@@ -181,6 +193,8 @@ class WorkerPool:
     async def close(self, grace: float = 3.0) -> None:
         """Stop every worker: ask politely, then SIGKILL what is still there after ``grace``."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for timer in self._restart_timers.values():
             timer.cancel()
         self._restart_timers.clear()
@@ -272,6 +286,21 @@ class WorkerPool:
         elif isinstance(msg, Hello):
             self.icmp_modes[proc.index] = msg.icmp
             self._ready[proc.index].set()
+
+    def _check_silence(self) -> None:
+        """A worker that sends nothing (not even its stats) for a while is hung: kill it; it restarts."""
+        now = time.monotonic()
+        for proc in self._procs:
+            if proc is not None and proc.alive and now - proc.last_heard > self._silence_limit:
+                log.error(
+                    "worker %d (pid %s) silent for %.0fs; killing it",
+                    proc.index,
+                    proc.pid,
+                    now - proc.last_heard,
+                )
+                proc.alive = False
+                proc.kill()
+        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit / 5, self._check_silence)
 
     def _malformed(self, proc: _WorkerProcess, exc: FrameError) -> None:
         log.error("worker %d (pid %s) sent a malformed frame (%s); restarting it", proc.index, proc.pid, exc)

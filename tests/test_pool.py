@@ -162,6 +162,56 @@ async def test_malformed_frame_restarts_the_worker_not_the_coordinator(recorder:
     assert pool.pids() == []
 
 
+async def test_silent_worker_is_killed_and_restarted(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
+    # A "worker" that says hello, then hangs: no stats, nothing.  The watchdog must notice.
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from ehc.ipc import FrameEncoder
+        from ehc.messages import Hello
+        sys.stdout.buffer.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
+        sys.stdout.buffer.flush()
+        time.sleep(60)
+        """
+    )
+    caplog.set_level(logging.ERROR, logger="ehc.pool")
+    pool = WorkerPool(
+        1, FAST, on_transition=recorder.on_transition, stats_interval=0.1, restart_backoff=(0.05, 0.5),
+        worker_command=[sys.executable, "-c", script],
+    )  # fmt: skip
+    await pool.start()
+    try:
+        first = pool.pids()
+        await _until(lambda: pool.restarts[0] >= 1)
+        assert "silent for" in caplog.text
+        assert not any(_alive(p) for p in first)
+    finally:
+        await pool.close()
+
+
+async def test_worker_closing_its_output_is_restarted(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from ehc.ipc import FrameEncoder
+        from ehc.messages import Hello
+        sys.stdout.buffer.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
+        sys.stdout.buffer.flush()
+        os.close(1)
+        time.sleep(60)
+        """
+    )
+    caplog.set_level(logging.ERROR, logger="ehc.pool")
+    pool = WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 0.5),
+                      worker_command=[sys.executable, "-c", script])  # fmt: skip
+    await pool.start()
+    try:
+        await _until(lambda: pool.restarts[0] >= 1)
+        assert "closed its output pipe" in caplog.text
+    finally:
+        await pool.close()
+
+
 COORDINATOR = [sys.executable, "-m", "ehc", "probe", "--watch", "--workers", "3", "--interval", "200ms"]
 
 
