@@ -99,6 +99,7 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     failures_tcp: int
     failures_icmp: int
     local_errors: int
+    skipped_probes: int  # not started because the worker fell a whole interval behind
     transitions: int
     latency_buckets: list[int]  # cumulative counts per LATENCY_BUCKETS bound, +Inf last
     latency_sum: float

@@ -135,8 +135,8 @@ async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: sock
         assert pool.dropped_frames == 1
 
 
-async def test_malformed_frame_restarts_the_worker_not_the_coordinator(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
-    # A "worker" that says hello properly once, then writes garbage into the frame stream.
+def _broken_worker(then: str) -> list[str]:
+    """A fake worker command: says hello properly, then does ``then`` (Python) and hangs."""
     script = textwrap.dedent(
         """
         import os, sys, time
@@ -144,72 +144,41 @@ async def test_malformed_frame_restarts_the_worker_not_the_coordinator(recorder:
         from ehc.messages import Hello
         out = sys.stdout.buffer
         out.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
-        out.write(b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1")
         out.flush()
-        time.sleep(30)
-        """
-    )
-    caplog.set_level(logging.ERROR, logger="ehc.pool")
-    pool = WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 0.5),
-                      worker_command=[sys.executable, "-c", script])  # fmt: skip
-    await pool.start()
-    try:
-        await _until(lambda: pool.restarts[0] >= 1)
-        assert "malformed frame" in caplog.text
-        assert recorder.transitions == []
-    finally:
-        await pool.close()
-    assert pool.pids() == []
-
-
-async def test_silent_worker_is_killed_and_restarted(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
-    # A "worker" that says hello, then hangs: no stats, nothing.  The watchdog must notice.
-    script = textwrap.dedent(
-        """
-        import os, sys, time
-        from ehc.ipc import FrameEncoder
-        from ehc.messages import Hello
-        sys.stdout.buffer.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
-        sys.stdout.buffer.flush()
+        {then}
         time.sleep(60)
         """
-    )
+    ).format(then=then)
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.parametrize(
+    ("then", "logged"),
+    [
+        ('out.write(b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1"); out.flush()', "malformed frame"),
+        ("os.close(1)", "closed its output pipe"),
+        ("pass", "silent for"),  # hangs: no stats, nothing; the watchdog must notice
+    ],
+    ids=["garbage", "closes-output", "hangs"],
+)
+async def test_broken_worker_is_killed_and_restarted_not_the_coordinator(
+    recorder: Recorder, caplog, then: str, logged: str
+) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.ERROR, logger="ehc.pool")
     pool = WorkerPool(
         1, FAST, on_transition=recorder.on_transition, stats_interval=0.1, restart_backoff=(0.05, 0.5),
-        worker_command=[sys.executable, "-c", script],
+        worker_command=_broken_worker(then),
     )  # fmt: skip
     await pool.start()
     try:
         first = pool.pids()
         await _until(lambda: pool.restarts[0] >= 1)
-        assert "silent for" in caplog.text
+        assert logged in caplog.text
+        assert recorder.transitions == []
         assert not any(_alive(p) for p in first)
     finally:
         await pool.close()
-
-
-async def test_worker_closing_its_output_is_restarted(recorder: Recorder, caplog) -> None:  # type: ignore[no-untyped-def]
-    script = textwrap.dedent(
-        """
-        import os, sys, time
-        from ehc.ipc import FrameEncoder
-        from ehc.messages import Hello
-        sys.stdout.buffer.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
-        sys.stdout.buffer.flush()
-        os.close(1)
-        time.sleep(60)
-        """
-    )
-    caplog.set_level(logging.ERROR, logger="ehc.pool")
-    pool = WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 0.5),
-                      worker_command=[sys.executable, "-c", script])  # fmt: skip
-    await pool.start()
-    try:
-        await _until(lambda: pool.restarts[0] >= 1)
-        assert "closed its output pipe" in caplog.text
-    finally:
-        await pool.close()
+    assert pool.pids() == []
 
 
 COORDINATOR = [sys.executable, "-m", "ehc", "probe", "--watch", "--workers", "3", "--interval", "200ms"]

@@ -146,6 +146,7 @@ class Worker(asyncio.Protocol):
             failures_tcp=engine.failures[TCP],
             failures_icmp=engine.failures[ICMP],
             local_errors=engine.local_errors,
+            skipped_probes=engine.skipped_probes,
             transitions=engine.transitions,
             latency_buckets=engine.latency.cumulative(),
             latency_sum=engine.latency.sum,

@@ -64,12 +64,10 @@ class _Target:
         "ports",
         "removed",
         "slot",
-        "spec",
         "votes",
     )
 
     def __init__(self, spec: Target) -> None:
-        self.spec = spec
         self.key = spec.key
         self.ip = spec.ip
         self.ports = spec.ports
@@ -108,13 +106,12 @@ class Engine:
         self._driver: asyncio.Handle | None = None
         self._tcp = tcp or TcpProber(loop, settings.timeout)
         self._icmp = icmp or IcmpPinger(loop)
-        self.icmp_mode = ""
         # Cumulative figures, read by the worker's stats reporter.
         self.probes = {TCP: 0, ICMP: 0}
         self.failures = {TCP: 0, ICMP: 0}
         self.local_errors = 0
         self.transitions = 0
-        self.skipped_ticks = 0
+        self.skipped_probes = 0  # probes not started because the loop fell a whole interval behind
         self._local_error_logged_at = -_LOCAL_ERROR_LOG_EVERY
         self._local_errors_unlogged = 0
         self.latency = LatencyHistogram()
@@ -122,11 +119,11 @@ class Engine:
 
     def start(self) -> str:
         """Open the probe sockets and start the wheel; return how ICMP is done (for the start-up log)."""
-        self.icmp_mode = self._icmp.open()
+        mode = self._icmp.open()
         self._origin = time.monotonic()
         self._next_tick = 0
         self._driver = self._loop.call_at(self._origin, self._drive)
-        return self.icmp_mode
+        return mode
 
     def close(self) -> None:
         if self._driver is not None:
@@ -190,8 +187,9 @@ class Engine:
         now = time.monotonic()
         current = int((now - origin) / slot_len)
         if current - tick >= n:
-            self.skipped_ticks += current - tick - n + 1
-            tick = current - n + 1
+            resume = current - n + 1
+            self.skipped_probes += sum(len(self._wheel[k % n]) for k in range(tick, min(resume, tick + n)))
+            tick = resume
         last = min(current, tick + _CATCH_UP - 1)
         while tick <= last:
             slot = self._wheel[tick % n]
