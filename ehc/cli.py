@@ -10,6 +10,7 @@ import sys
 # not pay for the Kubernetes client.
 COMMANDS: list[tuple[str, str]] = [
     ("probe", "ehc.oneshot"),
+    ("sim", "ehc.sim.command"),
 ]
 
 

@@ -1,0 +1,547 @@
+"""The simulated fleet: K nodes × M pods with a realistic mix of opt-in styles and probe specs, real
+addresses whose probe ports accept TCP, and per-node / per-pod failure injection.
+
+Addressing: node ``i`` owns the /22 ``127.64.0.0 + 1024·i`` (up to 4096 nodes of 1021 pods; 20,000
+pods over 50 nodes fit easily) and, for IPv6 pods, the /64 ``fd00:e4c:0:i::``. Inside the fleet's own
+network namespace the whole ``fd00:e4c::/48`` is routed locally, so every pod address answers ICMP from
+the kernel and one dual-stack wildcard listener per port number serves all pods; nftables rules there
+make nodes and pods fail. Without root there is no namespace: pods get per-address listeners in the
+current namespace, IPv6 pods become IPv4, and the only injectable failure is a closed listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ehc.sim import netns as netns_mod
+from ehc.sim.apiserver import ApiServer
+from ehc.sim.nft import Nft
+from ehc.sim.store import now_rfc3339
+
+log = logging.getLogger(__name__)
+
+ANNOTATION = "endpoint-health-checker.io/enabled"
+GATE = "endpointHealthCheckSuccess"
+POD_NET4 = "127.64.0.0/10"
+POD_NET6 = "fd00:e4c::/48"
+BLOCK = 1024
+_BASE4 = int(ipaddress.IPv4Address("127.64.0.0"))
+_BASE6 = int(ipaddress.IPv6Address("fd00:e4c::"))
+STYLES = ("annotation", "gate", "none", "annotation-off")
+
+
+class Unsupported(RuntimeError):
+    """A failure this environment cannot inject (e.g. packet loss without root)."""
+
+
+def _probe(kind: dict[str, Any]) -> dict[str, Any]:
+    return {**kind, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3}
+
+
+# name -> (containers, probe ports ehc should resolve). Ports by number and by name, several per pod.
+TEMPLATES: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
+    "tcp-number": (
+        [
+            {
+                "name": "app",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": _probe({"tcpSocket": {"port": 8080}}),
+            }
+        ],
+        (8080,),
+    ),
+    "tcp-named": (
+        [
+            {
+                "name": "db",
+                "ports": [{"name": "postgres", "containerPort": 5432, "protocol": "TCP"}],
+                "readinessProbe": _probe({"tcpSocket": {"port": "postgres"}}),
+            }
+        ],
+        (5432,),
+    ),
+    "http": (
+        [
+            {
+                "name": "web",
+                "ports": [
+                    {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": 9100, "protocol": "TCP"},
+                ],
+                "readinessProbe": _probe({"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"}}),
+                "livenessProbe": _probe({"httpGet": {"path": "/metrics", "port": 9100, "scheme": "HTTP"}}),
+            }
+        ],
+        (8080, 9100),
+    ),
+    "grpc": (
+        [
+            {
+                "name": "api",
+                "ports": [{"name": "grpc", "containerPort": 9090, "protocol": "TCP"}],
+                "readinessProbe": _probe({"grpc": {"port": 9090}}),
+            }
+        ],
+        (9090,),
+    ),
+    "icmp": ([{"name": "worker"}], ()),
+    "sidecar": (
+        [
+            {
+                "name": "app",
+                "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": _probe({"tcpSocket": {"port": 8080}}),
+            },
+            {
+                "name": "proxy",
+                "ports": [{"name": "admin", "containerPort": 15000, "protocol": "TCP"}],
+                "livenessProbe": _probe({"tcpSocket": {"port": "admin"}}),
+            },
+        ],
+        (8080, 15000),
+    ),
+}
+PROBE_PORTS = tuple(sorted({p for _, ports in TEMPLATES.values() for p in ports}))
+
+
+@dataclass
+class FleetSpec:
+    """What to build. Weights pick each pod's opt-in style and probe template (deterministic by seed)."""
+
+    nodes: int = 3
+    pods_per_node: int = 10
+    namespaces: tuple[str, ...] = ("default", "shop", "batch")
+    styles: dict[str, int] = field(
+        default_factory=lambda: {"annotation": 4, "gate": 3, "none": 2, "annotation-off": 1}
+    )
+    templates: dict[str, int] = field(
+        default_factory=lambda: {
+            "tcp-number": 3,
+            "tcp-named": 2,
+            "http": 2,
+            "grpc": 1,
+            "icmp": 1,
+            "sidecar": 1,
+        }
+    )
+    ipv6_every: int = 25  # every Nth pod is single-stack IPv6 (0: none)
+    seed: int = 1
+
+
+@dataclass
+class SimPod:
+    """A pod as the fleet sees it: where it lives and what ehc should probe."""
+
+    name: str
+    namespace: str
+    node: str
+    node_index: int
+    ip: str
+    style: str  # annotation | gate | none | annotation-off
+    template: str
+    ports: tuple[int, ...]  # resolved probe ports; empty -> ICMP
+
+    @property
+    def opted_in(self) -> bool:
+        return self.style in ("annotation", "gate")
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.ip
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def node_name(i: int) -> str:
+    return f"sim-node-{i:03d}"
+
+
+def node_cidrs(i: int) -> list[str]:
+    """The prefixes node ``i`` owns (IPv4 /22 and IPv6 /64)."""
+    v4 = ipaddress.IPv4Address(_BASE4 + i * BLOCK)
+    v6 = ipaddress.IPv6Address(_BASE6 + (i << 64))
+    return [f"{v4}/22", f"{v6}/64"]
+
+
+def host_ip(i: int) -> str:
+    return str(ipaddress.IPv4Address(_BASE4 + i * BLOCK + 1))
+
+
+def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
+    """The pods of ``spec``, deterministic for a given seed."""
+    if spec.pods_per_node > BLOCK - 3:
+        raise ValueError(f"at most {BLOCK - 3} pods per node")
+    if spec.nodes > 4096:
+        raise ValueError("at most 4096 nodes")
+    rng = random.Random(spec.seed)
+    styles, sw = list(spec.styles), list(spec.styles.values())
+    temps, tw = list(spec.templates), list(spec.templates.values())
+    pods = []
+    k = 0
+    for i in range(spec.nodes):
+        for j in range(spec.pods_per_node):
+            template = rng.choices(temps, tw)[0]
+            style = rng.choices(styles, sw)[0]
+            if ipv6 and spec.ipv6_every and k % spec.ipv6_every == spec.ipv6_every - 1:
+                ip = str(ipaddress.IPv6Address(_BASE6 + (i << 64) + j + 2))
+            else:
+                ip = str(ipaddress.IPv4Address(_BASE4 + i * BLOCK + j + 2))
+            ns = spec.namespaces[k % len(spec.namespaces)]
+            pods.append(
+                SimPod(
+                    f"{template}-{i:03d}-{j:04d}",
+                    ns,
+                    node_name(i),
+                    i,
+                    ip,
+                    style,
+                    template,
+                    TEMPLATES[template][1],
+                )
+            )
+            k += 1
+    return pods
+
+
+def pod_manifest(pod: SimPod) -> dict[str, Any]:
+    """The Pod object the API server stores for ``pod``: Running, Ready, with IPs and conditions."""
+    ts = now_rfc3339()
+    containers = [
+        {**c, "image": "registry.k8s.io/pause:3.9", "imagePullPolicy": "IfNotPresent"}
+        for c in TEMPLATES[pod.template][0]
+    ]
+    annotations: dict[str, str] = {}
+    if pod.style == "annotation":
+        annotations[ANNOTATION] = "true"
+    elif pod.style == "annotation-off":
+        annotations[ANNOTATION] = "false"
+    spec: dict[str, Any] = {"nodeName": pod.node, "containers": containers, "restartPolicy": "Always"}
+    conditions = [
+        {
+            "type": "PodReadyToStartContainers",
+            "status": "True",
+            "lastProbeTime": None,
+            "lastTransitionTime": ts,
+        },
+        {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": ts},
+        {"type": "Ready", "status": "True", "lastProbeTime": None, "lastTransitionTime": ts},
+        {"type": "ContainersReady", "status": "True", "lastProbeTime": None, "lastTransitionTime": ts},
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": ts},
+    ]
+    if pod.style == "gate":
+        spec["readinessGates"] = [{"conditionType": GATE}]
+        conditions.insert(
+            0, {"type": GATE, "status": "True", "lastProbeTime": None, "lastTransitionTime": ts}
+        )
+    meta: dict[str, Any] = {
+        "name": pod.name,
+        "namespace": pod.namespace,
+        "labels": {"app": pod.template, "ehc-sim/node": pod.node, "ehc-sim/style": pod.style},
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "metadata": meta,
+        "spec": spec,
+        "status": {
+            "phase": "Running",
+            "conditions": conditions,
+            "hostIP": host_ip(pod.node_index),
+            "hostIPs": [{"ip": host_ip(pod.node_index)}],
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
+            "startTime": ts,
+            "qosClass": "BestEffort",
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "image": c["image"],
+                    "imageID": "",
+                    "containerID": f"containerd://{pod.name}-{c['name']}",
+                    "state": {"running": {"startedAt": ts}},
+                }
+                for c in containers
+            ],
+        },
+    }
+
+
+def node_manifest(i: int) -> dict[str, Any]:
+    ts = now_rfc3339()
+    return {
+        "metadata": {"name": node_name(i), "labels": {"kubernetes.io/hostname": node_name(i)}},
+        "spec": {},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "lastHeartbeatTime": ts,
+                    "lastTransitionTime": ts,
+                    "reason": "KubeletReady",
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": host_ip(i)},
+                {"type": "Hostname", "address": node_name(i)},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.31.0-ehc-sim",
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+            },
+        },
+    }
+
+
+PodRef = SimPod | str | tuple[str, str]
+
+
+class Fleet:
+    """Owns the fleet's pods in the API server, the listener process and the failure rules."""
+
+    def __init__(self, api: ApiServer, spec: FleetSpec, netns: str | None, listeners: bool = True) -> None:
+        self.api = api
+        self.spec = spec
+        self.netns = netns
+        self.listeners = listeners
+        self.pods = build_pods(spec, ipv6=netns is not None)
+        self.nodes = [node_name(i) for i in range(spec.nodes)]
+        self._by_key = {p.key: p for p in self.pods}
+        self._by_name: dict[str, SimPod] = {}
+        for p in self.pods:
+            self._by_name.setdefault(p.name, p)
+        self._nft: Nft | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.down_nodes: set[str] = set()
+        self.down_pods: set[tuple[str, str]] = set()
+        self.closed_ports: set[tuple[tuple[str, str], int]] = set()
+        self.loss: dict[str | None, int] = {}
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What can be injected here: drop (timeouts), reject (refused), loss, close (listener closed)."""
+        if self.netns is not None:
+            return frozenset({"drop", "reject", "loss"})
+        return frozenset({"close"})
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        for i in range(self.spec.nodes):
+            self.api.nodes.create(node_manifest(i), actor="sim")
+        for p in self.pods:
+            self.api.create_pod(pod_manifest(p))
+        if self.netns is not None:
+            subprocess.run(
+                ["ip", "-n", self.netns, "-6", "route", "add", "local", POD_NET6, "dev", "lo"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            self._nft = Nft(self.netns, POD_NET4, POD_NET6)
+            self._nft.setup()
+        elif self.listeners:
+            log.warning(
+                "ehc sim: no network namespace (not root or nft/ip missing): pods listen on per-address "
+                "sockets in this namespace; power-off and closed ports both close listeners (connects are "
+                "refused, never time out), pings are always answered, and packet loss is unavailable"
+            )
+        if self.listeners:
+            await asyncio.to_thread(self._start_listener)
+
+    def _start_listener(self) -> None:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        cmd = [sys.executable, "-m", "ehc.sim.listener"]
+        if self.netns is not None:
+            cmd = [*netns_mod.exec_prefix(self.netns), *cmd, "--wildcard", ",".join(map(str, PROBE_PORTS))]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError("listener process failed to start")
+        if self.netns is None:
+            self._listener_cmd("open", [(p.ip, port) for p in self.pods for port in p.ports])
+
+    def _listener_cmd(self, op: str, addrs: list[tuple[str, int]]) -> None:
+        if self._proc is None or not addrs:
+            return
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps({"op": op, "addrs": addrs}).encode() + b"\n")
+        self._proc.stdin.flush()
+        self._proc.stdout.readline()
+
+    async def stop(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            try:
+                await asyncio.to_thread(proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- lookup -------------------------------------------------------------------------------
+    def pod(self, ref: PodRef) -> SimPod:
+        if isinstance(ref, SimPod):
+            return ref
+        if isinstance(ref, tuple):
+            return self._by_key[ref]
+        return self._by_name[ref]
+
+    def pods_on(self, node: str) -> list[SimPod]:
+        return [p for p in self.pods if p.node == node]
+
+    def targets(self) -> list[SimPod]:
+        """The pods ehc should probe (opted in by annotation or readiness gate)."""
+        return [p for p in self.pods if p.opted_in]
+
+    def node_up(self, node: str) -> bool:
+        return node not in self.down_nodes
+
+    def pod_healthy(self, pod: dict[str, Any]) -> bool:
+        """Whether the pod would pass its own kubelet's probes (node up, not off, no port closed)."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        sp = self._by_key.get(key)
+        if sp is None:
+            return True
+        if sp.node in self.down_nodes or key in self.down_pods:
+            return False
+        return not any((key, port) in self.closed_ports for port in sp.ports)
+
+    # -- namespace helpers --------------------------------------------------------------------
+    def netns_exec_prefix(self) -> list[str]:
+        """Prefix to run a command where the pods are reachable (empty without a namespace)."""
+        return netns_mod.exec_prefix(self.netns) if self.netns else []
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Enter the fleet's namespace in the calling thread (no-op without one); not on an event loop
+        thread. Child processes started inside the block (multiprocessing spawn too) live there."""
+        if self.netns is None:
+            yield
+        else:
+            with netns_mod.entered(self.netns):
+                yield
+
+    def socket(
+        self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
+    ) -> socket.socket:
+        """A socket in the fleet's namespace, usable from any thread or event loop."""
+        return netns_mod.socket_in(self.netns, family, type, proto)
+
+    # -- failure injection --------------------------------------------------------------------
+    def _need(self, what: str) -> Nft:
+        if self._nft is None:
+            raise Unsupported(
+                f"{what} needs root and nftables (a private network namespace); not available here"
+            )
+        return self._nft
+
+    def power_off(self, node: str) -> None:
+        """Node loses power: every packet to its pods is dropped silently (connects time out)."""
+        self._node_index(node)
+        self.down_nodes.add(node)
+        if self._nft is not None:
+            self._nft.drop(node_cidrs(self._node_index(node)), True)
+        else:
+            self._listener_cmd("close", [(p.ip, port) for p in self.pods_on(node) for port in p.ports])
+
+    def recover(self, node: str) -> None:
+        """Power the node back on (ports closed per pod stay closed)."""
+        self.down_nodes.discard(node)
+        if self._nft is not None:
+            self._nft.drop(node_cidrs(self._node_index(node)), False)
+        else:
+            self._listener_cmd(
+                "open",
+                [
+                    (p.ip, port)
+                    for p in self.pods_on(node)
+                    if p.key not in self.down_pods
+                    for port in p.ports
+                    if (p.key, port) not in self.closed_ports
+                ],
+            )
+
+    def power_off_pod(self, ref: PodRef) -> None:
+        """One pod goes silent (its address drops everything)."""
+        p = self.pod(ref)
+        self.down_pods.add(p.key)
+        if self._nft is not None:
+            self._nft.drop([p.ip], True)
+        else:
+            self._listener_cmd("close", [(p.ip, port) for port in p.ports])
+
+    def recover_pod(self, ref: PodRef) -> None:
+        p = self.pod(ref)
+        self.down_pods.discard(p.key)
+        if self._nft is not None:
+            self._nft.drop([p.ip], False)
+        elif p.node not in self.down_nodes:
+            self._listener_cmd(
+                "open", [(p.ip, port) for port in p.ports if (p.key, port) not in self.closed_ports]
+            )
+
+    def close_port(self, ref: PodRef, port: int) -> None:
+        """The pod's port refuses connections at once (TCP reset)."""
+        p = self.pod(ref)
+        self.closed_ports.add((p.key, port))
+        if self._nft is not None:
+            self._nft.reject(p.ip, port, True)
+        else:
+            self._listener_cmd("close", [(p.ip, port)])
+
+    def open_port(self, ref: PodRef, port: int) -> None:
+        p = self.pod(ref)
+        self.closed_ports.discard((p.key, port))
+        if self._nft is not None:
+            self._nft.reject(p.ip, port, False)
+        elif p.node not in self.down_nodes and p.key not in self.down_pods:
+            self._listener_cmd("open", [(p.ip, port)])
+
+    def set_loss(self, percent: int, node: str | None = None) -> None:
+        """Drop ``percent`` % of packets sent to pod addresses (of one node, or all); 0 clears."""
+        nft = self._need("packet loss")
+        self.loss[node] = percent
+        nft.set_loss(percent, None if node is None else node_cidrs(self._node_index(node)))
+
+    def set_latency(self, seconds: float, node: str | None = None) -> None:
+        """Added latency needs the netem qdisc, which this kernel lacks."""
+        raise Unsupported(
+            "added latency needs the netem qdisc (sch_netem), which this kernel does not provide"
+        )
+
+    def reset(self) -> None:
+        """Recover everything: nodes, pods, ports, loss."""
+        for node in list(self.down_nodes):
+            self.recover(node)
+        for key in list(self.down_pods):
+            self.recover_pod(key)
+        for key, port in list(self.closed_ports):
+            self.open_port(key, port)
+        if self._nft is not None:
+            self._nft.reset()
+        self.loss.clear()
+
+    def _node_index(self, node: str) -> int:
+        try:
+            return self.nodes.index(node)
+        except ValueError:
+            raise KeyError(f"no node {node!r}") from None
