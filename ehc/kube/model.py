@@ -1,0 +1,130 @@
+"""The few fields of a Pod that ehc reads, as msgspec Structs decoded straight from the API's JSON.
+
+The generated client models build a deep object graph for every field of every pod; at thousands of
+pods per second that is the coordinator's bottleneck.  These structs keep only what ehc needs and
+ignore everything else while decoding.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+ANNOTATION = "endpoint-health-checker.io/enabled"
+GATE = "endpointHealthCheckSuccess"
+READY = "Ready"
+
+
+class Condition(msgspec.Struct, omit_defaults=True):
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+
+
+class ContainerPort(msgspec.Struct):
+    containerPort: int
+    name: str | None = None
+    protocol: str = "TCP"
+
+
+class PortAction(msgspec.Struct):
+    """tcpSocket, httpGet and grpc all carry a port (grpc: a number only)."""
+
+    port: int | str
+
+
+class Probe(msgspec.Struct):
+    tcpSocket: PortAction | None = None
+    httpGet: PortAction | None = None
+    grpc: PortAction | None = None
+
+
+class Container(msgspec.Struct):
+    name: str
+    ports: list[ContainerPort] = []
+    readinessProbe: Probe | None = None
+    livenessProbe: Probe | None = None
+
+
+class ReadinessGate(msgspec.Struct):
+    conditionType: str
+
+
+class PodSpec(msgspec.Struct):
+    nodeName: str | None = None
+    containers: list[Container] = []
+    readinessGates: list[ReadinessGate] = []
+
+
+class PodIP(msgspec.Struct):
+    ip: str
+
+
+class PodStatus(msgspec.Struct):
+    phase: str | None = None
+    podIP: str | None = None
+    podIPs: list[PodIP] = []
+    conditions: list[Condition] = []
+
+
+class ObjectMeta(msgspec.Struct):
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    resourceVersion: str = ""
+    annotations: dict[str, str] = {}
+    deletionTimestamp: str | None = None
+
+
+class Pod(msgspec.Struct):
+    metadata: ObjectMeta
+    spec: PodSpec = msgspec.field(default_factory=PodSpec)
+    status: PodStatus = msgspec.field(default_factory=PodStatus)
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    def condition(self, type_: str) -> Condition | None:
+        for c in self.status.conditions:
+            if c.type == type_:
+                return c
+        return None
+
+
+class ListMeta(msgspec.Struct):
+    resourceVersion: str = ""
+    # "continue" is a Python keyword
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+class PodList(msgspec.Struct):
+    metadata: ListMeta
+    items: list[Pod] = []
+
+
+class WatchEvent(msgspec.Struct):
+    """One line of a watch stream; ``object`` is decoded later by type (Pod, or Status on ERROR)."""
+
+    type: str
+    object: msgspec.Raw
+
+
+class Status(msgspec.Struct):
+    """The API's error body (and a watch ERROR event's object)."""
+
+    code: int = 0
+    reason: str = ""
+    message: str = ""
+
+
+class Bookmark(msgspec.Struct):
+    metadata: ListMeta
+
+
+pod_decoder = msgspec.json.Decoder(Pod)
+pod_list_decoder = msgspec.json.Decoder(PodList)
+watch_event_decoder = msgspec.json.Decoder(WatchEvent)
+status_decoder = msgspec.json.Decoder(Status)
+bookmark_decoder = msgspec.json.Decoder(Bookmark)
