@@ -1,0 +1,151 @@
+"""Which pods ehc checks, and how: opt-in, eligibility, probe ports.
+
+A pod opts in with the annotation ``endpoint-health-checker.io/enabled: "true"`` (*annotation mode*:
+ehc sets Ready=False on failure and leaves recovery to the kubelet) or with the readiness gate
+``endpointHealthCheckSuccess`` (*gate mode*: ehc owns that condition).  An annotation with any other
+value opts the pod out, even with the gate.  Only Running pods with an IP and no deletion timestamp
+are probed.  Ports come from the containers' readiness and liveness probes (tcpSocket, httpGet,
+grpc); a named port is resolved against the container's own ports, as the kubelet does.  No port
+means ICMP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import Enum
+
+from ehc.kube.model import ANNOTATION, GATE, READY, Container, Pod, Probe
+from ehc.messages import Health, Target
+
+
+class Mode(Enum):
+    ANNOTATION = "annotation"
+    GATE = "gate"
+
+
+@dataclass(frozen=True, slots=True)
+class PodTarget:
+    """A pod to probe, with what the rest of the pipeline needs to know about it."""
+
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    ip: str
+    ports: tuple[int, ...]
+    mode: Mode
+
+    @property
+    def kind(self) -> str:
+        return "tcp" if self.ports else "icmp"
+
+    def probe_target(self, health: Health) -> Target:
+        return Target(key=self.key, ip=self.ip, ports=self.ports, health=health)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The verdict on one pod: its target (None when not probed), why not, and what is wrong with it."""
+
+    target: PodTarget | None
+    skipped: str = ""  # why the pod is not probed ("" when it is, or when it never opted in)
+    problems: tuple[str, ...] = ()  # bad input worth a log line and an Event
+
+
+def opt_in_mode(pod: Pod) -> tuple[Mode | None, str]:
+    """The pod's mode, or None; the second value explains an explicit opt-out."""
+    has_gate = any(g.conditionType == GATE for g in pod.spec.readinessGates)
+    value = pod.metadata.annotations.get(ANNOTATION)
+    if value is not None and value != "true":
+        if has_gate:
+            return None, (
+                f"annotation {ANNOTATION}={value!r} opts the pod out although it has the readiness gate "
+                f"{GATE}: ehc will not set that condition, so the pod cannot become Ready"
+            )
+        return None, f'annotation {ANNOTATION}={value!r} (only "true" opts in)'
+    if has_gate:
+        return Mode.GATE, ""
+    if value == "true":
+        return Mode.ANNOTATION, ""
+    return None, ""
+
+
+def probe_ports(pod: Pod) -> tuple[tuple[int, ...], list[str]]:
+    """Ports of the readiness/liveness probes, deduplicated and sorted, and the names that do not resolve."""
+    ports: set[int] = set()
+    problems: list[str] = []
+    for container in pod.spec.containers:
+        for which, probe in (("readiness", container.readinessProbe), ("liveness", container.livenessProbe)):
+            for port in _probe_ports(probe):
+                resolved = _resolve(container, port)
+                if resolved is None:
+                    problems.append(
+                        f"container {container.name!r} {which} probe port {port!r} does not name a port "
+                        f"of the container; that port is not checked"
+                    )
+                else:
+                    ports.add(resolved)
+    return tuple(sorted(ports)), problems
+
+
+def _probe_ports(probe: Probe | None) -> list[int | str]:
+    if probe is None:
+        return []
+    return [action.port for action in (probe.tcpSocket, probe.httpGet, probe.grpc) if action is not None]
+
+
+def _resolve(container: Container, port: int | str) -> int | None:
+    if isinstance(port, int):
+        return port if 0 < port < 65536 else None
+    if port.isdigit():  # "8080" is accepted by the API as an IntOrString
+        return _resolve(container, int(port))
+    for p in container.ports:
+        if p.name == port and p.protocol == "TCP":
+            return p.containerPort
+    return None
+
+
+def pod_ip(pod: Pod) -> str | None:
+    if pod.status.podIP:
+        return pod.status.podIP
+    return pod.status.podIPs[0].ip if pod.status.podIPs else None
+
+
+def select(pod: Pod) -> Selection:
+    """Decide whether and how ``pod`` is probed."""
+    mode, why = opt_in_mode(pod)
+    if mode is None:
+        return Selection(None, why, (why,) if "cannot become Ready" in why else ())
+    if pod.metadata.deletionTimestamp:
+        return Selection(None, "terminating")
+    if pod.status.phase != "Running":
+        return Selection(None, f"phase {pod.status.phase or 'unknown'}")
+    ip = pod_ip(pod)
+    if not ip:
+        return Selection(None, "no pod IP yet")
+    try:
+        ip = str(ipaddress.ip_address(ip))
+    except ValueError:
+        problem = f"pod IP {ip!r} is not an IPv4 or IPv6 address"
+        return Selection(None, problem, (problem,))
+    ports, problems = probe_ports(pod)
+    m = pod.metadata
+    target = PodTarget(pod.key, m.namespace, m.name, m.uid, pod.spec.nodeName or "", ip, ports, mode)
+    return Selection(target, "", tuple(problems))
+
+
+def current_health(pod: Pod, mode: Mode) -> Health:
+    """What the pod's conditions already say, so a new leader does not re-announce or re-write it.
+
+    Gate mode: the gate condition (absent means never decided).  Annotation mode: Ready=True means
+    healthy; anything else is left unknown (the kubelet may hold it False for its own reasons).
+    """
+    if mode is Mode.GATE:
+        gate = pod.condition(GATE)
+        if gate is None:
+            return Health.UNKNOWN
+        return Health.HEALTHY if gate.status == "True" else Health.UNHEALTHY
+    ready = pod.condition(READY)
+    return Health.HEALTHY if ready is not None and ready.status == "True" else Health.UNKNOWN

@@ -1,0 +1,124 @@
+"""Pod → target selection: opt-in styles, eligibility, ports, bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from ehc.kube.model import Pod
+from ehc.kube.targets import Mode, current_health, select
+from ehc.messages import Health
+
+
+def pod(
+    *,
+    annotation: str | None = "true",
+    gate: bool = False,
+    phase: str = "Running",
+    ip: str | None = "10.1.2.3",
+    containers: list[dict[str, Any]] | None = None,
+    deleting: bool = False,
+    conditions: list[dict[str, str]] | None = None,
+    ips: list[str] | None = None,
+) -> Pod:
+    meta: dict[str, Any] = {"name": "web-0", "namespace": "shop", "uid": "u-1"}
+    if annotation is not None:
+        meta["annotations"] = {"endpoint-health-checker.io/enabled": annotation}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-21T00:00:00Z"
+    spec: dict[str, Any] = {"nodeName": "node-a", "containers": containers or [{"name": "app"}]}
+    if gate:
+        spec["readinessGates"] = [{"conditionType": "endpointHealthCheckSuccess"}]
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
+    if ip:
+        status["podIP"] = ip
+    if ips:
+        status["podIPs"] = [{"ip": i} for i in ips]
+    return msgspec.convert({"metadata": meta, "spec": spec, "status": status}, Pod)
+
+
+def probe(kind: str, port: int | str) -> dict[str, Any]:
+    return {kind: {"port": port}}
+
+
+@pytest.mark.parametrize(
+    ("annotation", "gate", "mode"),
+    [("true", False, Mode.ANNOTATION), (None, True, Mode.GATE), ("true", True, Mode.GATE), (None, False, None),
+     ("false", False, None), ("yes", True, None), ("True", False, None)],
+)  # fmt: skip
+def test_opt_in(annotation: str | None, gate: bool, mode: Mode | None) -> None:
+    sel = select(pod(annotation=annotation, gate=gate))
+    assert (sel.target.mode if sel.target else None) == mode
+
+
+def test_annotation_other_value_with_gate_opts_out_and_says_so() -> None:
+    sel = select(pod(annotation="no", gate=True))
+    assert sel.target is None
+    assert "cannot become Ready" in sel.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"phase": "Pending"}, "phase Pending"),
+        ({"ip": None}, "no pod IP yet"),
+        ({"deleting": True}, "terminating"),
+    ],
+)
+def test_ineligible_pods_are_skipped(kwargs: dict[str, Any], reason: str) -> None:
+    sel = select(pod(**kwargs))
+    assert sel.target is None and sel.skipped == reason
+
+
+def test_ports_from_every_probe_kind_and_named_ports() -> None:
+    containers = [
+        {"name": "app", "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 9000, "name": "grpc"}],
+         "readinessProbe": probe("httpGet", "http"), "livenessProbe": probe("tcpSocket", 8081)},
+        {"name": "side", "ports": [{"containerPort": 7000, "name": "http"}], "readinessProbe": probe("grpc", 9090),
+         "livenessProbe": probe("httpGet", "http")},
+    ]  # fmt: skip
+    sel = select(pod(containers=containers))
+    assert sel.target is not None
+    assert sel.target.ports == (7000, 8080, 8081, 9090)  # "http" resolves per container
+    assert sel.target.kind == "tcp"
+    assert sel.problems == ()
+
+
+def test_unknown_port_name_is_reported_and_skipped() -> None:
+    containers = [{"name": "app", "ports": [{"containerPort": 8080, "name": "http"}],
+                   "readinessProbe": probe("httpGet", "metrics"), "livenessProbe": probe("tcpSocket", "http")}]  # fmt: skip
+    sel = select(pod(containers=containers))
+    assert sel.target is not None and sel.target.ports == (8080,)
+    assert len(sel.problems) == 1 and "'metrics'" in sel.problems[0] and "'app'" in sel.problems[0]
+
+
+def test_no_ports_means_icmp_even_when_every_name_is_unknown() -> None:
+    sel = select(pod(containers=[{"name": "app", "readinessProbe": probe("tcpSocket", "nope")}]))
+    assert sel.target is not None and sel.target.ports == () and sel.target.kind == "icmp"
+    assert sel.problems
+
+
+def test_ipv6_pod_ip_is_normalised() -> None:
+    sel = select(pod(ip=None, ips=["fd00:0:0::0a"]))
+    assert sel.target is not None and sel.target.ip == "fd00::a"
+
+
+def test_garbage_pod_ip_is_a_problem_not_a_target() -> None:
+    sel = select(pod(ip="10.1.2"))
+    assert sel.target is None and "not an IPv4 or IPv6 address" in sel.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "conditions", "health"),
+    [
+        (Mode.GATE, [], Health.UNKNOWN),
+        (Mode.GATE, [{"type": "endpointHealthCheckSuccess", "status": "False"}], Health.UNHEALTHY),
+        (Mode.GATE, [{"type": "endpointHealthCheckSuccess", "status": "True"}], Health.HEALTHY),
+        (Mode.ANNOTATION, [{"type": "Ready", "status": "True"}], Health.HEALTHY),
+        (Mode.ANNOTATION, [{"type": "Ready", "status": "False"}], Health.UNKNOWN),
+    ],
+)
+def test_current_health_from_conditions(mode: Mode, conditions: list[dict[str, str]], health: Health) -> None:
+    assert current_health(pod(conditions=conditions), mode) == health
