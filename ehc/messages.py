@@ -86,6 +86,16 @@ class Transitions(msgspec.Struct, tag="transitions"):
     items: list[Transition]
 
 
+class Suspects(msgspec.Struct, tag="suspects"):
+    """How many of a worker's targets, believed up, are in an open failure episode right now.
+
+    Sent when the count changes (at most every 50 ms): the fail-safe needs to see a mass failure
+    coming before the first of it is confirmed."""
+
+    worker: int
+    count: int
+
+
 class Stats(msgspec.Struct, tag="stats", kw_only=True):
     """Periodic figures from one worker.  Counters are cumulative for the worker's lifetime."""
 
@@ -113,4 +123,4 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     rss_bytes: int
 
 
-FromWorker = Hello | Transitions | Stats
+FromWorker = Hello | Transitions | Suspects | Stats

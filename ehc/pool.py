@@ -34,6 +34,7 @@ from ehc.messages import (
     Remove,
     Stats,
     Stop,
+    Suspects,
     Target,
     Transition,
     Transitions,
@@ -45,6 +46,7 @@ log = logging.getLogger("ehc.pool")
 
 OnTransition = Callable[[int, Transition], None]
 OnStats = Callable[[Stats], None]
+OnSuspects = Callable[[int, int], None]
 
 _STABLE_AFTER = 30.0  # a worker that lived this long resets its restart backoff
 
@@ -122,6 +124,7 @@ class WorkerPool:
         *,
         on_transition: OnTransition,
         on_stats: OnStats | None = None,
+        on_suspects: OnSuspects | None = None,
         stats_interval: float = 1.0,
         restart_backoff: tuple[float, float] = (0.2, 10.0),
         env: dict[str, str] | None = None,
@@ -133,6 +136,7 @@ class WorkerPool:
         self._settings = settings.validate()
         self._on_transition = on_transition
         self._on_stats = on_stats
+        self._on_suspects = on_suspects
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
         self._env = env
@@ -279,6 +283,9 @@ class WorkerPool:
                     continue  # removed (or moved) while the transition was in the pipe
                 self._health[tr.key] = tr.health
                 self._on_transition(proc.index, tr)
+        elif isinstance(msg, Suspects):
+            if self._on_suspects is not None:
+                self._on_suspects(proc.index, msg.count)
         elif isinstance(msg, Stats):
             self.stats[proc.index] = msg
             if self._on_stats is not None:

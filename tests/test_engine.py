@@ -196,3 +196,20 @@ async def test_invalid_ip_is_rejected() -> None:
     with pytest.raises(ValueError):
         engine.upsert(Target("x", "not-an-ip", (80,)))
     engine.close()
+
+
+async def test_suspects_count_open_failure_episodes() -> None:
+    # Two failures then a success: a suspect while the episode is open, none after.
+    script = [FAIL, FAIL, OK]
+    engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
+    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    seen: list[int] = []
+    await _until(lambda: seen.append(engine.suspects) or (len(prober.calls) >= 3 and engine.suspects == 0))
+    assert 1 in seen and transitions == []
+    # Confirmed dead: no longer a suspect but unhealthy.
+    engine2, _, transitions2 = _engine(lambda i: FAIL)
+    engine2.upsert(Target("b", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    await _until(lambda: bool(transitions2))
+    assert engine2.suspects == 0
+    engine.close()
+    engine2.close()

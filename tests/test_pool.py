@@ -220,3 +220,34 @@ def test_workers_exit_when_the_coordinator_is_killed(listener: socket.socket) ->
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
+
+
+async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ignore[no-untyped-def]
+    # Run the pool inside a namespace where 127.0.0.9 is dark: its targets become suspects, then
+    # unhealthy, and the suspect count falls back to zero.
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from ehc.config import ProbeSettings
+        from ehc.messages import Health, Target
+        from ehc.pool import WorkerPool
+        async def main():
+            counts, flips = [], []
+            settings = ProbeSettings(interval=0.5, timeout=0.3, retry_count=2, confirm_spacing=0.05)
+            pool = WorkerPool(1, settings, on_transition=lambda w, t: flips.append(t.key),
+                              on_suspects=lambda w, n: counts.append(n))
+            async with pool:
+                pool.upsert([Target(f"t{i}", "127.0.0.9", (80,), Health.HEALTHY) for i in range(20)])
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if len(flips) == 20 and counts and counts[-1] == 0:
+                        break
+            print(max(counts), counts[-1], len(flips))
+        asyncio.run(main())
+        """
+    )
+    netns.drop("ip daddr 127.0.0.9")
+    out = netns.run([sys.executable, "-c", code], timeout=60)
+    assert out.returncode == 0, out.stderr
+    peak, last, flipped = map(int, out.stdout.split())
+    assert peak > 0 and last == 0 and flipped == 20

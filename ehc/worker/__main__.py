@@ -18,13 +18,14 @@ import time
 import uvloop
 
 from ehc.ipc import FrameDecoder, FrameEncoder, FrameError
-from ehc.messages import Hello, Init, Remove, Stats, Stop, ToWorker, Transition, Transitions, Upsert
+from ehc.messages import Hello, Init, Remove, Stats, Stop, Suspects, ToWorker, Transition, Transitions, Upsert
 from ehc.probe.tcp import raise_fd_limit
 from ehc.worker.engine import ICMP, TCP, Engine
 
 log = logging.getLogger("ehc.worker")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_SUSPECTS_EVERY = 0.05
 
 
 class _Rss:
@@ -58,6 +59,8 @@ class Worker(asyncio.Protocol):
         self._init: Init | None = None
         self._pending: list[Transition] = []
         self._stats_timer: asyncio.TimerHandle | None = None
+        self._suspects_timer: asyncio.TimerHandle | None = None
+        self._suspects_sent = 0
         self._window_start = time.monotonic()
         self._rss = _Rss()
         self.finished = loop.create_future()
@@ -107,10 +110,11 @@ class Worker(asyncio.Protocol):
         log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), icmp)
         self._send(Hello(worker=init.worker, pid=os.getpid(), icmp=icmp))
         self._stats_timer = self._loop.call_later(init.stats_interval, self._report)
+        self._suspects_timer = self._loop.call_later(_SUSPECTS_EVERY, self._report_suspects)
 
     # ---- output -------------------------------------------------------------------------------
 
-    def _send(self, msg: Hello | Transitions | Stats) -> None:
+    def _send(self, msg: Hello | Transitions | Suspects | Stats) -> None:
         if not self._out.is_closing():
             self._out.write(self._encoder.encode(msg))
 
@@ -123,6 +127,15 @@ class Worker(asyncio.Protocol):
         items, self._pending = self._pending, []
         if items:
             self._send(Transitions(items=items))
+
+    def _report_suspects(self) -> None:
+        engine, init = self._engine, self._init
+        assert engine is not None and init is not None
+        self._suspects_timer = self._loop.call_later(_SUSPECTS_EVERY, self._report_suspects)
+        if engine.suspects != self._suspects_sent:
+            self._flush()  # transitions first: a confirmed target leaves the suspects in the same order
+            self._suspects_sent = engine.suspects
+            self._send(Suspects(worker=init.worker, count=engine.suspects))
 
     def _report(self) -> None:
         engine, init = self._engine, self._init
@@ -168,8 +181,9 @@ class Worker(asyncio.Protocol):
         self._flush()
         if self._engine is not None:
             self._engine.close()
-        if self._stats_timer is not None:
-            self._stats_timer.cancel()
+        for timer in (self._stats_timer, self._suspects_timer):
+            if timer is not None:
+                timer.cancel()
         self.finished.set_result(code)
 
 

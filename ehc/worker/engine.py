@@ -111,6 +111,7 @@ class Engine:
         self.failures = {TCP: 0, ICMP: 0}
         self.local_errors = 0
         self.transitions = 0
+        self.suspects = 0  # targets believed up with a failure episode open
         self.skipped_probes = 0  # probes not started because the loop fell a whole interval behind
         self._local_error_logged_at = -_LOCAL_ERROR_LOG_EVERY
         self._local_errors_unlogged = 0
@@ -158,6 +159,8 @@ class Engine:
     def remove(self, key: str) -> None:
         t = self._targets.pop(key, None)
         if t is not None:
+            if t.votes and t.health != _UNHEALTHY:
+                self.suspects -= 1
             t.removed = True
             del self._wheel[t.slot][key]
 
@@ -253,10 +256,14 @@ class Engine:
         believed_up = t.health != _UNHEALTHY
         if ok == believed_up:  # agrees: any open episode is over
             if t.votes:
+                if believed_up:
+                    self.suspects -= 1
                 t.votes = 0
                 t.gen += 1
             return
         t.votes += 1
+        if believed_up and t.votes == 1:
+            self.suspects += 1
         needed = self._fail_needed if believed_up else self._recover_needed
         if t.votes >= needed:
             self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, port, detail, latency)
@@ -289,6 +296,8 @@ class Engine:
 
     def _flip(self, t: _Target, health: Health, port: int, detail: str, latency: float) -> None:
         attempts = max(1, t.votes)
+        if health == _UNHEALTHY:
+            self.suspects -= 1
         t.health = health
         t.votes = 0
         t.gen += 1
