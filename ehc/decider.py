@@ -1,0 +1,190 @@
+"""The decider: turns workers' transitions into the condition changes worth writing.
+
+It compares what a pod's conditions should be (from its health and mode) with what the API server
+last showed (from the watch) and asks the patcher for exactly the difference, or to drop what is
+queued when there is none: a flap that reverts before it is written costs nothing, and nothing is
+written that is already true.
+
+**Fail-safe.**  When more than ``failsafe_share`` of all targets are unhealthy or suspect at once,
+the likeliest explanation is ehc's own network, not a mass outage, so ehc stops ejecting: it holds
+every new ejection (recoveries still go through), says so loudly (log, metric, Event), and resumes
+when the share falls back below the threshold; the ejections still warranted then are written.  A
+fleet smaller than ``failsafe_min_targets`` is exempt (one dead pod of three is not a network
+failure).  Suspects (targets in an open failure episode) count towards the share so the fail-safe
+engages before the first ejection of a mass failure is written, not halfway through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.targets import Mode, PodTarget
+from ehc.messages import Health, Transition
+
+log = logging.getLogger("ehc.decider")
+
+REASON_UNHEALTHY = "EndpointUnhealthy"
+REASON_HEALTHY = "EndpointHealthy"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Conditions to write on one pod (only those that change)."""
+
+    namespace: str
+    name: str
+    uid: str
+    conditions: tuple[Condition, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class _Pod:
+    target: PodTarget
+    observed: dict[str, str] = field(default_factory=dict)  # condition type → status, as last watched
+    health: Health = Health.UNKNOWN
+    evidence: Transition | None = None
+    ejected: bool = False  # annotation mode: Ready=False already asked for in this unhealthy spell
+
+
+def rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class Decider:
+    def __init__(
+        self,
+        *,
+        submit: Callable[[Decision], None],
+        cancel: Callable[[str], None],
+        on_failsafe: Callable[[bool, int, int], None] | None = None,
+        failsafe_share: float = 0.5,
+        failsafe_min_targets: int = 10,
+    ) -> None:
+        self._submit = submit
+        self._cancel = cancel
+        self._on_failsafe = on_failsafe
+        self._share = failsafe_share
+        self._min_targets = failsafe_min_targets
+        self._pods: dict[str, _Pod] = {}
+        self._unhealthy: set[str] = set()
+        self._suspects: dict[int, int] = {}
+        self.failsafe = False
+        self.held = 0  # ejections held back by the fail-safe, cumulative
+
+    # ---- what the API server shows --------------------------------------------------------------
+
+    def observe(self, target: PodTarget, conditions: list[Condition]) -> None:
+        """The watch saw this target pod (added, or changed); record its conditions."""
+        pod = self._pods.get(target.key)
+        if pod is None or pod.target.uid != target.uid or pod.target.mode is not target.mode:
+            pod = self._pods[target.key] = _Pod(target)
+            self._unhealthy.discard(target.key)
+        pod.target = target
+        pod.observed = {c.type: c.status for c in conditions if c.type in (READY, GATE)}
+        self._reconcile(pod)
+
+    def forget(self, key: str) -> None:
+        """The pod is gone or no longer a target: drop whatever is queued for it, quietly."""
+        if self._pods.pop(key, None) is not None:
+            self._unhealthy.discard(key)
+            self._cancel(key)
+            self._check_failsafe()
+
+    # ---- what the workers say -------------------------------------------------------------------
+
+    def transition(self, tr: Transition) -> None:
+        pod = self._pods.get(tr.key)
+        if pod is None:
+            return
+        pod.health = tr.health
+        pod.evidence = tr
+        pod.ejected = False
+        if tr.health == Health.UNHEALTHY:
+            self._unhealthy.add(tr.key)
+        else:
+            self._unhealthy.discard(tr.key)
+        if self._check_failsafe():
+            return  # re-evaluated every pod already
+        self._reconcile(pod)
+
+    def suspects(self, worker: int, count: int) -> None:
+        """A worker's count of targets with an open failure episode."""
+        self._suspects[worker] = count
+        self._check_failsafe()
+
+    # ---- decisions ----------------------------------------------------------------------------
+
+    def desired(self, pod: _Pod) -> dict[str, str]:
+        """Condition statuses ehc wants on the pod, given its health and mode."""
+        gate = pod.target.mode is Mode.GATE
+        if pod.health == Health.UNHEALTHY and not self.failsafe:
+            return {GATE: "False", READY: "False"} if gate else {READY: "False"}
+        if pod.health == Health.HEALTHY and gate:
+            return {GATE: "True"}  # Ready follows from the gate; the kubelet sets it
+        return {}
+
+    def _reconcile(self, pod: _Pod) -> None:
+        want = self.desired(pod)
+        changes = {t: s for t, s in want.items() if pod.observed.get(t) != s}
+        if pod.target.mode is Mode.ANNOTATION and (pod.ejected or pod.observed.get(READY) != "True"):
+            # Ready=False once per unhealthy spell, and only over Ready=True: if the kubelet sets it
+            # back, that is its call to make; ehc does not fight it.
+            changes.pop(READY, None)
+        if not changes:
+            self._cancel(pod.target.key)
+            return
+        now = time.time()
+        tr = pod.evidence
+        healthy = pod.health == Health.HEALTHY
+        reason = REASON_HEALTHY if healthy else REASON_UNHEALTHY
+        message = _message(pod.target, tr, healthy)
+        conditions = tuple(
+            Condition(type=t, status=s, reason=reason, message=message, lastTransitionTime=rfc3339(now))
+            for t, s in sorted(changes.items())
+        )
+        t = pod.target
+        if t.mode is Mode.ANNOTATION:
+            pod.ejected = True
+        self._submit(Decision(t.namespace, t.name, t.uid, conditions))
+
+    def _check_failsafe(self) -> bool:
+        """Engage or release the fail-safe; True when that changed (every pod was re-evaluated)."""
+        total = len(self._pods)
+        dark = len(self._unhealthy) + sum(self._suspects.values())
+        engaged = total >= self._min_targets and dark > self._share * total
+        if engaged == self.failsafe:
+            return False
+        self.failsafe = engaged
+        if engaged:
+            log.error(
+                "FAIL-SAFE ENGAGED: %d of %d targets are unhealthy or suspect (more than %.0f%%); "
+                "ehc stops ejecting pods until the share falls back: its own network is the likelier fault",
+                dark, total, self._share * 100,
+            )  # fmt: skip
+            self.held += len(self._unhealthy)
+        else:
+            log.warning(
+                "fail-safe released: %d of %d targets unhealthy or suspect; ejecting again", dark, total
+            )
+        if self._on_failsafe is not None:
+            self._on_failsafe(engaged, dark, total)
+        for key in list(self._unhealthy):
+            self._reconcile(self._pods[key])
+        return True
+
+
+def _message(target: PodTarget, tr: Transition | None, healthy: bool) -> str:
+    if tr is None:
+        return "endpoint-health-checker"
+    where = f"{target.ip}:{tr.port}" if tr.port else target.ip
+    if healthy:
+        return f"endpoint-health-checker: {tr.kind} {where} answered ({tr.attempts} in a row)"
+    return f"endpoint-health-checker: {tr.kind} {where} failed {tr.attempts} attempts in a row: {tr.detail}"

@@ -1,0 +1,140 @@
+"""The decider: write only differences, debounce flaps, respect modes, fail safe."""
+
+from __future__ import annotations
+
+import time
+
+from ehc.decider import Decider, Decision
+from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.targets import Mode, PodTarget
+from ehc.messages import Health, Transition
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.submitted: list[Decision] = []
+        self.cancelled: list[str] = []
+        self.failsafe: list[bool] = []
+
+    def decider(self, **kw: object) -> Decider:
+        return Decider(
+            submit=self.submitted.append,
+            cancel=self.cancelled.append,
+            on_failsafe=lambda on, dark, total: self.failsafe.append(on),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def written(self) -> list[tuple[str, dict[str, str]]]:
+        return [(d.key, {c.type: c.status for c in d.conditions}) for d in self.submitted]
+
+
+def target(i: int = 0, mode: Mode = Mode.GATE) -> PodTarget:
+    return PodTarget(f"ns/p{i}", "ns", f"p{i}", f"u{i}", "node-a", f"10.0.0.{i + 1}", (8080,), mode)
+
+
+def tr(i: int, health: Health) -> Transition:
+    return Transition(
+        f"ns/p{i}", health, "tcp", 8080, "timeout" if health == Health.UNHEALTHY else "", 0.5, 4, time.time()
+    )
+
+
+def conds(**status: str) -> list[Condition]:
+    names = {"ready": READY, "gate": GATE}
+    return [Condition(type=names[k], status=v) for k, v in status.items()]
+
+
+def test_gate_mode_writes_gate_and_ready_false_then_gate_true() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="True", gate="True"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    assert sink.written() == [("ns/p0", {GATE: "False", READY: "False"})]
+    c = sink.submitted[0].conditions[0]
+    assert c.reason == "EndpointUnhealthy" and "timeout" in (c.message or "") and c.lastTransitionTime
+    d.observe(target(), conds(ready="False", gate="False"))  # the watch echoes the write
+    d.transition(tr(0, Health.HEALTHY))
+    assert sink.written()[-1] == ("ns/p0", {GATE: "True"})
+
+
+def test_new_gate_pod_gets_its_first_value() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="False"))
+    d.transition(tr(0, Health.HEALTHY))
+    assert sink.written() == [("ns/p0", {GATE: "True"})]
+
+
+def test_annotation_mode_ejects_once_and_leaves_recovery_to_the_kubelet() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    t = target(mode=Mode.ANNOTATION)
+    d.observe(t, conds(ready="True"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    assert sink.written() == [("ns/p0", {READY: "False"})]
+    d.observe(t, conds(ready="False"))
+    d.observe(t, conds(ready="True"))  # the kubelet set it back: not ehc's fight
+    d.transition(tr(0, Health.HEALTHY))
+    assert len(sink.submitted) == 1
+
+
+def test_annotation_mode_does_not_touch_a_pod_the_kubelet_holds_unready() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(mode=Mode.ANNOTATION), conds(ready="False"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    assert sink.submitted == []
+
+
+def test_nothing_written_when_already_true() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="True", gate="True"))
+    d.transition(tr(0, Health.HEALTHY))
+    assert sink.submitted == []
+
+
+def test_flap_reverted_before_written_is_cancelled() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="True", gate="True"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    d.transition(tr(0, Health.HEALTHY))  # before the watch showed any write
+    assert len(sink.submitted) == 1 and sink.cancelled[-1] == "ns/p0"
+
+
+def test_forgotten_pod_is_cancelled_and_later_transitions_ignored() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="True", gate="True"))
+    d.forget("ns/p0")
+    d.transition(tr(0, Health.UNHEALTHY))
+    assert sink.submitted == [] and sink.cancelled[-1] == "ns/p0"
+
+
+def test_failsafe_holds_ejections_when_most_targets_go_dark_and_releases_after() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=10)
+    for i in range(20):
+        d.observe(target(i), conds(ready="True", gate="True"))
+    d.suspects(0, 12)  # the workers see most of the fleet failing at once
+    assert d.failsafe and sink.failsafe == [True]
+    for i in range(20):
+        d.transition(tr(i, Health.UNHEALTHY))
+    assert sink.submitted == []  # nothing ejected
+    for i in range(15):
+        d.transition(tr(i, Health.HEALTHY))  # the network comes back...
+    assert d.failsafe and sink.submitted == []
+    d.suspects(0, 0)  # ...and the workers' episodes close
+    assert not d.failsafe and sink.failsafe == [True, False]
+    # the five still unhealthy are ejected once the fail-safe lets go
+    assert sorted(k for k, _ in sink.written()) == sorted(f"ns/p{i}" for i in range(15, 20))
+
+
+def test_small_fleets_are_exempt_from_the_failsafe() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=10)
+    for i in range(3):
+        d.observe(target(i), conds(ready="True", gate="True"))
+    for i in range(3):
+        d.transition(tr(i, Health.UNHEALTHY))
+    assert not d.failsafe and len(sink.submitted) == 3
