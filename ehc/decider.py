@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.patcher import Decision
 from ehc.kube.targets import Mode, PodTarget
 from ehc.messages import Health, Transition
 
@@ -29,20 +30,6 @@ log = logging.getLogger("ehc.decider")
 
 REASON_UNHEALTHY = "EndpointUnhealthy"
 REASON_HEALTHY = "EndpointHealthy"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Conditions to write on one pod (only those that change)."""
-
-    namespace: str
-    name: str
-    uid: str
-    conditions: tuple[Condition, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ehc.decider import Decider, Decision
+from ehc.decider import Decider
 from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.patcher import Decision
 from ehc.kube.targets import Mode, PodTarget
 from ehc.messages import Health, Transition
 

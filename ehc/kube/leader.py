@@ -1,0 +1,352 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, following client-go's ``leaderelection``.
+
+- A candidate takes the lease when it does not exist (create; 409 AlreadyExists: someone else won),
+  when its holder is empty (released), when it already names us, or when it has not *changed* for
+  ``leaseDurationSeconds`` as measured by our own monotonic clock since we first observed that version
+  of the record.  The holder's clock and the ``renewTime`` it wrote are never compared with ours.
+- Every update carries the ``resourceVersion`` it was based on (409 Conflict: we lost the race).
+- The leader renews every ``retry_period``.  ``is_leader()`` is True only while the last successful
+  renewal was *sent* less than ``renew_deadline`` ago, checked at call time, so a leader whose renew
+  loop stalls stops writing by itself; the renew loop steps down at the same moment and goes back to
+  acquiring.  Since ``renew_deadline < lease_duration``, the old leader has stopped writing before any
+  other candidate can consider the lease expired.
+- ``release()`` (SIGTERM) stops leading first, then writes an empty holder with
+  ``leaseDurationSeconds: 1`` so a standby takes over at its next retry.
+
+Requests go through the kubernetes_asyncio client with ``_preload_content=False``: the lease is read
+and written as plain JSON, so the MicroTime fields keep exactly the format the API server uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], Awaitable[None] | None]
+_Record = tuple[str, int | None, str | None, str | None, int]
+
+
+def micro_time(t: float | None = None) -> str:
+    """A Kubernetes MicroTime: RFC 3339 UTC with microseconds, e.g. ``2026-11-21T01:02:03.123456Z``."""
+    dt = datetime.now(UTC) if t is None else datetime.fromtimestamp(t, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _noop() -> None:
+    return None
+
+
+def _spec(obj: dict[str, Any] | None) -> dict[str, Any]:
+    spec = (obj or {}).get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _holder(obj: dict[str, Any] | None) -> str:
+    return _spec(obj).get("holderIdentity") or ""
+
+
+def _record(obj: dict[str, Any]) -> _Record:
+    s = _spec(obj)
+    return (
+        s.get("holderIdentity") or "",
+        s.get("leaseDurationSeconds"),
+        s.get("acquireTime"),
+        s.get("renewTime"),
+        s.get("leaseTransitions") or 0,
+    )
+
+
+class LeaderElector:
+    """Campaigns for the lease ``namespace/name`` as ``identity``; ``await run()`` until cancelled."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float = 4.0,
+        renew_deadline: float = 2.0,
+        retry_period: float = 0.5,
+        on_started_leading: Callback = _noop,
+        on_stopped_leading: Callback = _noop,
+    ) -> None:
+        if not identity:
+            raise ValueError("leader election needs a non-empty identity")
+        if not 0 < retry_period < renew_deadline < lease_duration:
+            raise ValueError(
+                "leader election needs 0 < retry_period < renew_deadline < lease_duration, got "
+                f"{retry_period} / {renew_deadline} / {lease_duration}"
+            )
+        self._coord = CoordinationV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._obj: dict[str, Any] | None = None  # the lease as last read or written by us
+        self._observed: _Record | None = None
+        self._observed_at = 0.0  # monotonic time we first saw self._observed
+        self._leading = False
+        self._last_renew = -math.inf  # monotonic time the last successful write was sent
+        self._lost = False  # set when a renewal found another holder
+        self._released = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._leading_task: asyncio.Task[Any] | None = None
+        self.observed_holder = ""  # the holder named by the lease as last seen (for logs, /readyz)
+
+    # -- public -----------------------------------------------------------------------------------
+    def is_leader(self) -> bool:
+        return self._leading and time.monotonic() - self._last_renew < self.renew_deadline
+
+    @property
+    def transitions(self) -> int:
+        return _spec(self._obj).get("leaseTransitions") or 0
+
+    async def run(self) -> None:
+        """Acquire, lead while renewing, step down when a renewal misses the deadline, acquire again.
+        Returns after ``release()``; cancelling it steps down without releasing the lease."""
+        self._run_task = asyncio.current_task()
+        try:
+            while not self._released:
+                await self._acquire()
+                await self._start_leading()
+                await self._renew()
+                await self._stop_leading("the lease was not renewed within the renew deadline")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._released and task is not None and task.uncancel() == 0:
+                return  # cancelled by release(), not by the owner: a normal end
+            raise
+        finally:
+            self._run_task = None
+            await self._stop_leading("stopped")
+
+    async def release(self) -> None:
+        """Stop leading, then hand the lease over at once (empty holder, 1 s duration). Idempotent;
+        ``run()`` returns and this elector does not campaign again."""
+        self._released = True
+        task = self._run_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        await self._stop_leading("releasing the lease")
+        for _ in range(3):
+            if self._obj is None or _holder(self._obj) != self.identity:
+                return
+            obj = self._updated(self._obj, release=True)
+            status, got = await self._call(
+                self._coord.replace_namespaced_lease, self.name, self.namespace, obj
+            )
+            if 200 <= status < 300 and got is not None:
+                self._obj = got
+                log.info("released lease %s/%s", self.namespace, self.name)
+                return
+            if status != 409:
+                log.warning("could not release lease %s/%s (HTTP %s)", self.namespace, self.name, status)
+                return
+            status, got = await self._call(self._coord.read_namespaced_lease, self.name, self.namespace)
+            if not 200 <= status < 300 or got is None:
+                return
+            self._obj = got
+
+    # -- campaign ---------------------------------------------------------------------------------
+    async def _acquire(self) -> None:
+        while True:
+            if await self._attempt(self.renew_deadline):
+                return
+            await asyncio.sleep(self.retry_period * random.uniform(1.0, 1.2))
+
+    async def _renew(self) -> None:
+        """Renew every retry_period; return once the renew deadline passed without success."""
+        while True:
+            await asyncio.sleep(self.retry_period)
+            while True:
+                deadline = self._last_renew + self.renew_deadline
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._lost:
+                    return
+                if await self._attempt(remaining):
+                    break
+                if self._lost:
+                    return
+                await asyncio.sleep(min(self.retry_period, max(0.0, deadline - time.monotonic())))
+
+    async def _attempt(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._try_acquire_or_renew(timeout)
+        except TimeoutError:
+            log.debug("lease %s/%s: request timed out", self.namespace, self.name)
+        except Exception:
+            log.warning("lease %s/%s: unexpected error", self.namespace, self.name, exc_info=True)
+        return False
+
+    async def _try_acquire_or_renew(self, timeout: float) -> bool:
+        sent = time.monotonic()
+        if self._leading and self._obj is not None:  # fast path: update what we wrote last time
+            status, got = await self._call(
+                self._coord.replace_namespaced_lease,
+                self.name, self.namespace, self._updated(self._obj), timeout=timeout,
+            )  # fmt: skip
+            if 200 <= status < 300 and got is not None:
+                return self._won(got, sent)
+            if status != 409:
+                return False
+            sent = time.monotonic()  # someone else wrote it: read it and decide again
+        status, got = await self._call(
+            self._coord.read_namespaced_lease, self.name, self.namespace, timeout=timeout
+        )
+        if status == 404:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {},
+            }
+            body = self._updated(body, new_holder=True)
+            body["spec"]["leaseTransitions"] = 0
+            status, got = await self._call(
+                self._coord.create_namespaced_lease, self.namespace, body, timeout=timeout
+            )
+            if 200 <= status < 300 and got is not None:
+                return self._won(got, sent)
+            if status == 409:
+                log.debug("lease %s/%s was created by someone else", self.namespace, self.name)
+            return False
+        if not 200 <= status < 300 or got is None:
+            return False
+        self._observe(got)
+        holder = _holder(got)
+        if holder and holder != self.identity:
+            if self._leading:
+                log.warning("lease %s/%s is now held by %s", self.namespace, self.name, holder)
+                self._lost = True
+                return False
+            if self._lease_valid():
+                return False
+            log.info("lease %s/%s held by %s has expired", self.namespace, self.name, holder)
+        status, got = await self._call(
+            self._coord.replace_namespaced_lease,
+            self.name, self.namespace, self._updated(got, new_holder=holder != self.identity),
+            timeout=timeout,
+        )  # fmt: skip
+        if 200 <= status < 300 and got is not None:
+            return self._won(got, sent)
+        return False
+
+    def _won(self, obj: dict[str, Any], sent: float) -> bool:
+        self._obj = obj
+        self._observe(obj, sent)
+        self._last_renew = sent
+        return True
+
+    def _observe(self, obj: dict[str, Any], at: float | None = None) -> None:
+        self._obj = obj
+        record = _record(obj)
+        if record != self._observed:
+            self._observed = record
+            self._observed_at = time.monotonic() if at is None else at
+        if record[0] != self.observed_holder:
+            self.observed_holder = record[0]
+            log.info("lease %s/%s: holder is now %r", self.namespace, self.name, record[0])
+
+    def _lease_valid(self) -> bool:
+        """Whether the observed record is still within its duration, by our clock since we saw it."""
+        if self._observed is None:
+            return False
+        duration = self._observed[1] or self.lease_duration
+        return self._observed_at + duration > time.monotonic()
+
+    def _updated(
+        self, obj: dict[str, Any], *, new_holder: bool = False, release: bool = False
+    ) -> dict[str, Any]:
+        """A copy of ``obj`` (keeping its resourceVersion) naming us as holder, renewed now."""
+        out = dict(obj)
+        spec = dict(_spec(obj))
+        now = micro_time()
+        if release:
+            spec.pop("holderIdentity", None)
+            spec["leaseDurationSeconds"] = 1
+            spec["acquireTime"] = now
+        else:
+            spec["holderIdentity"] = self.identity
+            spec["leaseDurationSeconds"] = math.ceil(self.lease_duration)
+            if new_holder:
+                spec["acquireTime"] = now
+                spec["leaseTransitions"] = (spec.get("leaseTransitions") or 0) + 1
+        spec["renewTime"] = now
+        out["spec"] = spec
+        return out
+
+    # -- leading ----------------------------------------------------------------------------------
+    async def _start_leading(self) -> None:
+        self._leading = True
+        self._lost = False
+        log.info("%s became the leader (lease %s/%s)", self.identity, self.namespace, self.name)
+        try:
+            result = self._on_started()
+            if inspect.isawaitable(result):  # long work: runs as a task, cancelled on stepping down
+                self._leading_task = asyncio.ensure_future(result)
+        except Exception:
+            log.exception("on_started_leading failed")
+
+    async def _stop_leading(self, why: str) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        log.warning("%s stopped leading: %s", self.identity, why)
+        task, self._leading_task = self._leading_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        try:
+            result = self._on_stopped()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("on_stopped_leading failed")
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    async def _call(
+        self, method: Callable[..., Any], *args: Any, timeout: float | None = None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """One request; (HTTP status, decoded object on 2xx). Status 0: no answer (logged)."""
+        try:
+            resp = await method(
+                *args, _preload_content=False, _request_timeout=timeout or self.renew_deadline
+            )
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("lease %s/%s: %s: %s", self.namespace, self.name, type(exc).__name__, exc)
+            return 0, None
+        if 200 <= resp.status < 300:
+            with contextlib.suppress(msgspec.DecodeError):
+                obj = msgspec.json.decode(body)
+                if isinstance(obj, dict):
+                    return resp.status, obj
+            return 0, None
+        if resp.status not in (404, 409):
+            log.debug("lease %s/%s: HTTP %d", self.namespace, self.name, resp.status)
+        return resp.status, None

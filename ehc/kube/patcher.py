@@ -1,0 +1,366 @@
+"""The patcher: one strategic-merge PATCH of ``pods/{name}/status`` per decision, batched, rate-limited,
+retried, latest decision per pod wins.
+
+Rules (DESIGN.md §1 "Patcher", §4):
+
+- The body touches only the decision's conditions: ``{"status": {"conditions": [...]}}`` sent as
+  ``application/strategic-merge-patch+json``.  The API server merges conditions by ``type``, so the
+  kubelet's concurrent writes to other conditions are never overwritten, and no GET is needed first.
+- At most one request per pod is in flight, and a pod has at most one queued decision: submitting a
+  newer one replaces the queued one (reported ``"superseded"``), and an older decision that failed
+  while a newer one waits is not retried (also ``"superseded"``).  So an older decision is never
+  written after a newer one.
+- Decisions submitted within ``batch_window`` of the first one of a burst are released together, up to
+  ``concurrency`` requests in flight, each request paying one token of a ``qps``/``burst`` bucket.
+- 429 and 503 (honouring Retry-After, which also pauses all sending for that long: the server asked
+  this client, not this pod, to slow down), 408, other 5xx, timeouts and connection errors are retried with exponential backoff and jitter, up to ``max_attempts``.  404 is
+  ``"not_found"`` (INFO), 409/422 ``"dropped"`` (WARNING), any other status or exhausted attempts
+  ``"failed"`` (ERROR).
+- ``can_write()`` is asked immediately before each request; while it is False nothing is sent and
+  nothing is dropped.
+
+Every submitted decision gets exactly one ``on_done(decision, outcome, seconds_since_submit)`` call,
+except those removed by ``cancel()`` or ``close()`` (the owner asked for that itself; a cancelled
+request already in flight still reports ``"ok"`` if it landed, and is otherwise dropped silently).
+
+Responses are read as raw bytes (``_preload_content=False``): deserializing a whole ``V1Pod`` model per
+patch would cost more than the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+
+from ehc.kube.model import Condition, status_decoder
+
+log = logging.getLogger(__name__)
+
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+OUTCOMES = ("ok", "not_found", "dropped", "failed", "superseded")
+_HOLD_POLL = 0.05  # how often a held queue asks can_write() again (wake() makes it immediate)
+_MAX_RETRY_AFTER = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to write for one pod: only the condition(s) that change."""
+
+    namespace: str
+    name: str
+    uid: str
+    conditions: tuple[Condition, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def body(self) -> dict[str, object]:
+        return {"status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}}
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0:
+            raise ValueError("qps must be > 0")
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def take(self, now: float) -> float:
+        """Take a token and return 0, or return the seconds until one is available (taking nothing)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class _Item:
+    __slots__ = ("attempts", "cancelled", "decision", "ready_at", "seq", "submitted")
+
+    def __init__(self, decision: Decision, submitted: float, ready_at: float, seq: int) -> None:
+        self.decision = decision
+        self.submitted = submitted
+        self.ready_at = ready_at  # not before: batching window, backoff
+        self.seq = seq
+        self.attempts = 0
+        self.cancelled = False
+
+
+class Patcher:
+    """Writes decisions to pods' status; ``submit()`` from anywhere on the loop, ``await run()`` once."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        qps: float = 20.0,
+        burst: int = 40,
+        concurrency: int = 8,
+        batch_window: float = 0.02,
+        max_attempts: int = 8,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        can_write: Callable[[], bool] = lambda: True,
+        on_done: Callable[[Decision, str, float], None] | None = None,
+        request_timeout: float = 10.0,
+    ) -> None:
+        if concurrency < 1 or max_attempts < 1:
+            raise ValueError("concurrency and max_attempts must be >= 1")
+        self._bucket = TokenBucket(qps, burst)
+        self._core = CoreV1Api(api)
+        self.concurrency = concurrency
+        self.batch_window = max(0.0, batch_window)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.request_timeout = request_timeout
+        self._can_write = can_write
+        self._on_done = on_done
+        self._pending: dict[str, _Item] = {}  # queued, at most one per pod (the latest)
+        self._inflight: dict[str, _Item] = {}  # being sent, at most one per pod
+        self._heap: list[tuple[float, int, str]] = []  # (ready_at, seq, key); stale entries skipped
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._seq = 0
+        self._window_end = 0.0
+        self._paused_until = 0.0  # a 429's Retry-After pauses all sending
+        self.counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.requests = 0
+
+    # -- owner's API ------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def submit(self, d: Decision) -> None:
+        """Queue ``d``; a decision still queued for the same pod is replaced ("superseded")."""
+        now = time.monotonic()
+        if now >= self._window_end:  # open a batching window; later submissions join it
+            self._window_end = now + self.batch_window
+        ready = self._window_end
+        key = d.key
+        old = self._pending.get(key)
+        if old is not None:
+            ready = max(ready, old.ready_at)  # a newer decision does not skip the pod's backoff
+            self._report(old, "superseded", now)
+        self._seq += 1
+        item = _Item(d, now, ready, self._seq)
+        self._pending[key] = item
+        heapq.heappush(self._heap, (ready, item.seq, key))
+        self._wake.set()
+
+    def cancel(self, key: str) -> None:
+        """The pod is gone: drop its queued decision and do not retry its in-flight one. Quiet."""
+        self._pending.pop(key, None)
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            inflight.cancelled = True
+        self._wake.set()
+
+    def close(self) -> int:
+        """Drop everything queued (e.g. leadership lost for good); returns how many were dropped."""
+        dropped = len(self._pending)
+        self._pending.clear()
+        self._heap.clear()
+        for item in self._inflight.values():
+            item.cancelled = True
+        return dropped
+
+    def wake(self) -> None:
+        """Re-check at once (e.g. ``can_write()`` just turned True) instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send until cancelled; in-flight requests are cancelled with it."""
+        try:
+            while True:
+                self._wake.clear()
+                wait = self._dispatch(time.monotonic())
+                if wait is None:
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+        finally:
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- dispatching ------------------------------------------------------------------------------
+    def _dispatch(self, now: float) -> float | None:
+        """Start every request that may start now; return how long until something may change
+        (None: nothing to do until woken by a submit or a finished request)."""
+        heap = self._heap
+        while heap:
+            ready_at, seq, key = heap[0]
+            item = self._pending.get(key)
+            if item is None or item.seq != seq:
+                heapq.heappop(heap)  # superseded or cancelled
+                continue
+            if key in self._inflight:
+                heapq.heappop(heap)  # pushed again when the in-flight one finishes
+                continue
+            wait = max(ready_at, self._paused_until) - now
+            if wait > 0:
+                return wait
+            if len(self._inflight) >= self.concurrency:
+                return None
+            if not self._can_write():
+                return _HOLD_POLL
+            wait = self._bucket.take(now)
+            if wait > 0:
+                return wait
+            heapq.heappop(heap)
+            del self._pending[key]
+            self._inflight[key] = item
+            task = asyncio.create_task(self._send(item), name=f"ehc-patch {key}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _send(self, item: _Item) -> None:
+        d = item.decision
+        key = d.key
+        outcome: str | None = None
+        retry_after: float | None = None
+        detail = ""
+        try:
+            if not self._can_write():  # lost the lease between dispatch and now: hold it again
+                self._requeue(item, time.monotonic(), 0.0, "write not allowed")
+                return
+            item.attempts += 1
+            self.requests += 1
+            status, body, retry_after = await self._patch(d)
+            if 200 <= status < 300:
+                outcome = "ok"
+            elif status == 404:
+                outcome = "not_found"
+                log.info("pod %s is gone; dropping its patch", key)
+            elif status in (409, 422):
+                outcome = "dropped"
+                log.warning("patch of %s rejected (%d): %s; dropped", key, status, _message(body))
+            elif status in (408, 429) or status >= 500:
+                detail = f"HTTP {status}: {_message(body)}"
+            else:
+                outcome = "failed"
+                log.error("patch of %s failed (%d): %s", key, status, _message(body))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            self._inflight.pop(key, None)
+            raise
+        except Exception as exc:  # an unexpected client error must not kill the patcher
+            log.warning("unexpected error patching %s", key, exc_info=True)
+            detail = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if outcome is not None:
+            self._finish(item, outcome, now)
+            return
+        if item.attempts >= self.max_attempts and not item.cancelled and key not in self._pending:
+            log.error("patch of %s failed after %d attempts: %s", key, item.attempts, detail)
+            self._finish(item, "failed", now)
+            return
+        delay = self._backoff(item.attempts)
+        if retry_after is not None:
+            self._paused_until = max(self._paused_until, now + retry_after)
+            delay = max(delay, retry_after)
+        log.debug("patch of %s: %s; retry in %.2fs (attempt %d)", key, detail, delay, item.attempts)
+        self._requeue(item, now, delay, detail)
+
+    def _requeue(self, item: _Item, now: float, delay: float, why: str) -> None:
+        """Put a not-yet-written decision back, unless it was cancelled or a newer one is waiting."""
+        key = item.decision.key
+        self._inflight.pop(key, None)
+        if item.cancelled:
+            pass
+        elif key in self._pending:
+            self._report(item, "superseded", now)
+        else:
+            item.ready_at = now + delay
+            self._pending[key] = item
+            heapq.heappush(self._heap, (item.ready_at, item.seq, key))
+        self._push_pending(key)
+        self._wake.set()
+
+    def _finish(self, item: _Item, outcome: str, now: float) -> None:
+        key = item.decision.key
+        self._inflight.pop(key, None)
+        if not item.cancelled or outcome == "ok":
+            self._report(item, outcome, now)
+        self._push_pending(key)
+        self._wake.set()
+
+    def _push_pending(self, key: str) -> None:
+        nxt = self._pending.get(key)
+        if nxt is not None:
+            heapq.heappush(self._heap, (nxt.ready_at, nxt.seq, key))
+
+    def _backoff(self, attempts: int) -> float:
+        base, cap = self.backoff
+        d = min(cap, base * (2 ** (attempts - 1)))
+        return d * random.uniform(0.5, 1.0)
+
+    def _report(self, item: _Item, outcome: str, now: float) -> None:
+        self.counts[outcome] += 1
+        if self._on_done is None:
+            return
+        try:
+            self._on_done(item.decision, outcome, now - item.submitted)
+        except Exception:
+            log.exception("patcher on_done callback failed")
+
+    async def _patch(self, d: Decision) -> tuple[int, bytes, float | None]:
+        """One PATCH; returns (HTTP status, body, Retry-After seconds if a 429/503 gave one)."""
+        resp = await self._core.patch_namespaced_pod_status(
+            d.name,
+            d.namespace,
+            d.body(),
+            _content_type=STRATEGIC_MERGE,
+            _preload_content=False,
+            _request_timeout=self.request_timeout,
+        )
+        try:
+            body = await resp.read()
+            retry_after = None
+            if resp.status in (429, 503):
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+            return resp.status, body, retry_after
+        finally:
+            resp.release()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(_MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        return None  # an HTTP date: rare from the API server; the backoff applies instead
+
+
+def _message(body: bytes) -> str:
+    try:
+        return status_decoder.decode(body).message or body[:200].decode("utf-8", "replace")
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace")
