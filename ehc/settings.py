@@ -1,0 +1,198 @@
+"""``ehc run`` settings: environment variables (the reference checker's names, plus ehc's own), each
+also a command-line flag; the flag wins.  Any invalid value is a start-up error that names the
+variable, the value and what is allowed (``ehc run`` exits 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ehc.config import ProbeSettings, format_duration, parse_duration
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message says which, what it was and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    flag: str
+    kind: str  # "duration" | "int" | "float" | "share" | "str" | "choice"
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("HEALTH_CHECK_INTERVAL", "--interval", "duration", 1.0, "probe period per target", minimum=0.01),
+    Setting("HEALTH_CHECK_TIMEOUT", "--timeout", "duration", 0.5, "timeout of one probe attempt", minimum=0.001),
+    Setting(
+        "HEALTH_CHECK_RETRY_COUNT", "--retry-count", "int", 3,
+        "unhealthy after 1+N failed attempts in a row (the confirmations run in parallel)", minimum=0,
+    ),
+    Setting(
+        "HEALTH_CHECK_CONCURRENCY", "--concurrency", "int", 10,
+        "accepted for compatibility with the reference checker; ehc has no fixed pool of checks "
+        "(every probe runs concurrently), so it changes nothing",
+        minimum=1,
+    ),
+    Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
+    Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
+    Setting("EHC_WORKERS", "--workers", "int", 1, "probe worker processes", minimum=1),
+    Setting(
+        "EHC_FAILSAFE_SHARE", "--failsafe-share", "share", 0.5,
+        "stop ejecting while more than this share of all targets is unhealthy or suspect",
+    ),
+    Setting("EHC_FAILSAFE_MIN_TARGETS", "--failsafe-min-targets", "int", 10, "fleets smaller than this are exempt from the fail-safe", minimum=0),
+    Setting("EHC_PATCH_QPS", "--patch-qps", "float", 50.0, "status patches per second, at most (client-side budget)", minimum=0.1),
+    Setting("EHC_PATCH_BURST", "--patch-burst", "int", 100, "patches that may go at once after a quiet spell", minimum=1),
+    Setting("EHC_PATCH_CONCURRENCY", "--patch-concurrency", "int", 16, "patch requests in flight, at most", minimum=1),
+    Setting("EHC_METRICS_ADDRESS", "--metrics-address", "str", ":9090", "HOST:PORT for /metrics, /healthz and /readyz (empty: off)"),
+    Setting("EHC_LOG_LEVEL", "--log-level", "choice", "info", "log level", choices=("debug", "info", "warning", "error")),
+    Setting("EHC_LOG_FORMAT", "--log-format", "choice", "text", "log format", choices=("text", "json")),
+    Setting("LEASE_NAME", "--lease-name", "str", "endpoint-health-checker-leader", "leader-election Lease name"),
+    Setting("LEASE_DURATION", "--lease-duration", "duration", 4.0, "leader-election lease duration", minimum=0.1),
+    Setting("RENEW_DEADLINE", "--renew-deadline", "duration", 2.0, "a leader that cannot renew within this stops writing", minimum=0.05),
+    Setting("RETRY_PERIOD", "--retry-period", "duration", 0.5, "leader-election retry and renew period", minimum=0.01),
+    Setting("POD_NAME", "--identity", "str", "", "leader-election identity (default: the host name)"),
+    Setting("POD_NAMESPACE", "--namespace", "str", "", "namespace of the Lease (default: the service account's, else 'default')"),
+)  # fmt: skip
+
+
+def _attr(s: Setting) -> str:
+    return s.flag.removeprefix("--").replace("-", "_")
+
+
+def _allowed(s: Setting) -> str:
+    if s.kind == "duration":
+        floor = "" if s.minimum is None else f" of at least {format_duration(s.minimum)}"
+        return f"a duration{floor} such as 500ms, 2s or 1m30s"
+    if s.kind == "int":
+        return f"a whole number >= {int(s.minimum or 0)}"
+    if s.kind == "float":
+        return f"a number >= {s.minimum}"
+    if s.kind == "share":
+        return "a number greater than 0 and at most 1 (e.g. 0.5)"
+    if s.kind == "choice":
+        return "one of " + ", ".join(s.choices)
+    return "text"
+
+
+def _parse(s: Setting, text: str) -> Any:
+    t = text.strip()
+    try:
+        if s.kind == "duration":
+            value: Any = parse_duration(t)
+        elif s.kind == "int":
+            value = int(t)
+        elif s.kind in ("float", "share"):
+            value = float(t)
+        elif s.kind == "choice":
+            value = t.lower()
+            if value not in s.choices:
+                raise ValueError
+        else:
+            return text
+    except ValueError:
+        raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}") from None
+    if s.minimum is not None and value < s.minimum:
+        raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}")
+    if s.kind == "share" and not 0 < value <= 1:
+        raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    interval: float
+    timeout: float
+    retry_count: int
+    concurrency: int
+    recovery_threshold: int
+    confirm_spacing: float
+    workers: int
+    failsafe_share: float
+    failsafe_min_targets: int
+    patch_qps: float
+    patch_burst: int
+    patch_concurrency: int
+    metrics_address: str
+    log_level: str
+    log_format: str
+    lease_name: str
+    lease_duration: float
+    renew_deadline: float
+    retry_period: float
+    identity: str
+    namespace: str
+
+    @property
+    def probe(self) -> ProbeSettings:
+        return ProbeSettings(
+            interval=self.interval,
+            timeout=self.timeout,
+            retry_count=self.retry_count,
+            recovery_threshold=self.recovery_threshold,
+            confirm_spacing=self.confirm_spacing,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, documented with its environment variable and default."""
+    for s in SETTINGS:
+        default = format_duration(s.default) if s.kind == "duration" else str(s.default)
+        shown = f"; default {default}" if default else ""
+        parser.add_argument(
+            s.flag, dest=_attr(s), default=None, metavar="VALUE", help=f"{s.help} [env {s.env}{shown}]"
+        )
+
+
+def load(args: argparse.Namespace | None, env: Mapping[str, str] = os.environ) -> RunSettings:
+    """Settings from flags, then the environment, then the defaults; SettingsError on a bad one."""
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        flag_value = getattr(args, _attr(s), None) if args is not None else None
+        if flag_value is not None:
+            where, text = s.flag, flag_value
+        elif s.env in env:
+            where, text = s.env, env[s.env]
+        else:
+            values[_attr(s)] = s.default
+            continue
+        try:
+            values[_attr(s)] = _parse(s, text)
+        except SettingsError as exc:
+            raise SettingsError(str(exc).format(where=where)) from None
+    settings = RunSettings(**{f.name: values[f.name] for f in fields(RunSettings)})
+    _check_relations(settings)
+    if not settings.identity:
+        settings = replace(settings, identity=os.uname().nodename)
+    if not settings.namespace:
+        settings = replace(settings, namespace=_service_account_namespace() or "default")
+    return settings
+
+
+def _check_relations(s: RunSettings) -> None:
+    if not s.retry_period < s.renew_deadline < s.lease_duration:
+        raise SettingsError(
+            f"RETRY_PERIOD ({format_duration(s.retry_period)}) < RENEW_DEADLINE ({format_duration(s.renew_deadline)}) "
+            f"< LEASE_DURATION ({format_duration(s.lease_duration)}) must hold"
+        )
+    if s.metrics_address and not s.metrics_address.rpartition(":")[2].isdigit():
+        raise SettingsError(
+            f"EHC_METRICS_ADDRESS={s.metrics_address!r} is invalid: expected HOST:PORT or :PORT"
+        )
+
+
+def _service_account_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
