@@ -38,7 +38,7 @@ class _Pod:
     observed: dict[str, str] = field(default_factory=dict)  # condition type → status, as last watched
     health: Health = Health.UNKNOWN
     evidence: Transition | None = None
-    ejected: bool = False  # annotation mode: Ready=False already asked for in this unhealthy spell
+    ejected: bool = False  # annotation mode: Ready=False seen on the pod during this unhealthy spell
 
 
 def rfc3339(ts: float) -> str:
@@ -76,6 +76,8 @@ class Decider:
             self._unhealthy.discard(target.key)
         pod.target = target
         pod.observed = {c.type: c.status for c in conditions if c.type in (READY, GATE)}
+        if pod.health == Health.UNHEALTHY and pod.observed.get(READY) == "False":
+            pod.ejected = True
         self._reconcile(pod)
 
     def forget(self, key: str) -> None:
@@ -138,8 +140,6 @@ class Decider:
             for t, s in sorted(changes.items())
         )
         t = pod.target
-        if t.mode is Mode.ANNOTATION:
-            pod.ejected = True
         self._submit(Decision(t.namespace, t.name, t.uid, conditions))
 
     def _check_failsafe(self) -> bool:

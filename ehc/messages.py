@@ -84,6 +84,9 @@ class Transition(msgspec.Struct, frozen=True, array_like=True):
 
 class Transitions(msgspec.Struct, tag="transitions"):
     items: list[Transition]
+    suspects: int = -1
+    """The worker's suspect count after these transitions, so the coordinator never counts a target
+    both as suspect and as unhealthy (-1: not given)."""
 
 
 class Suspects(msgspec.Struct, tag="suspects"):

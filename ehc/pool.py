@@ -278,6 +278,8 @@ class WorkerPool:
             self.dropped_frames += 1  # an old incarnation: never pass on what it says
             return
         if isinstance(msg, Transitions):
+            if msg.suspects >= 0 and self._on_suspects is not None:
+                self._on_suspects(proc.index, msg.suspects)
             for tr in msg.items:
                 if self._owner.get(tr.key) != proc.index:
                     continue  # removed (or moved) while the transition was in the pipe

@@ -139,3 +139,16 @@ def test_small_fleets_are_exempt_from_the_failsafe() -> None:
     for i in range(3):
         d.transition(tr(i, Health.UNHEALTHY))
     assert not d.failsafe and len(sink.submitted) == 3
+
+
+def test_annotation_ejection_held_by_the_failsafe_is_written_after_release() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=4)
+    for i in range(4):
+        d.observe(target(i, Mode.ANNOTATION), conds(ready="True"))
+    d.transition(tr(0, Health.UNHEALTHY))  # written at once: 1 of 4
+    d.suspects(0, 2)  # 3 of 4 dark: engaged, the queued write is withdrawn
+    assert d.failsafe and sink.cancelled[-1] == "ns/p0"
+    d.suspects(0, 0)  # released: the still-unhealthy pod is ejected again
+    assert not d.failsafe
+    assert sink.written() == [("ns/p0", {READY: "False"})] * 2

@@ -126,7 +126,9 @@ class Worker(asyncio.Protocol):
     def _flush(self) -> None:
         items, self._pending = self._pending, []
         if items:
-            self._send(Transitions(items=items))
+            suspects = self._engine.suspects if self._engine is not None else -1
+            self._suspects_sent = suspects
+            self._send(Transitions(items=items, suspects=suspects))
 
     def _report_suspects(self) -> None:
         engine, init = self._engine, self._init
