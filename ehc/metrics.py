@@ -1,0 +1,150 @@
+"""Prometheus metrics and health endpoints for ``ehc run``.
+
+Workers' figures reach the coordinator in their stats frames, so everything is read here, at scrape
+time, from the coordinator's own state: no multiprocess-mode files.  The same small HTTP server
+answers ``/healthz`` (the process is alive) and ``/readyz`` (watch synced and, when leading, every
+worker up; a standby is ready too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from ehc.kube.patcher import Decision
+from ehc.messages import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from ehc.controller import Controller
+
+_PATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ControllerCollector(Collector):
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        self.patches: Counter[str] = Counter()
+        self.patch_seconds = [0] * (len(_PATCH_BUCKETS) + 1)
+        self.patch_seconds_sum = 0.0
+        controller.on_patched = self._patched
+
+    def _patched(self, decision: Decision, outcome: str, seconds: float) -> None:
+        self.patches[outcome] += 1
+        if outcome == "ok":
+            i = next((i for i, b in enumerate(_PATCH_BUCKETS) if seconds <= b), len(_PATCH_BUCKETS))
+            self.patch_seconds[i] += 1
+            self.patch_seconds_sum += seconds
+
+    def collect(self) -> Iterator[object]:
+        c = self.c
+        pool = c.pool
+        targets = GaugeMetricFamily("ehc_targets", "Pods being probed, by probe kind", labels=["kind"])
+        kinds = Counter(t.kind for t in c.targets.values())
+        for kind in ("tcp", "icmp"):
+            targets.add_metric([kind], kinds[kind])
+        yield targets
+        yield GaugeMetricFamily(
+            "ehc_leader", "1 while this replica holds the lease", value=int(c.elector.is_leader())
+        )
+        yield GaugeMetricFamily(
+            "ehc_failsafe_engaged", "1 while the fail-safe holds ejections", value=int(c.decider.failsafe)
+        )
+        yield CounterMetricFamily(
+            "ehc_transitions", "Health transitions reported by workers", value=c.transitions
+        )
+        yield GaugeMetricFamily(
+            "ehc_patch_queue_depth", "Status patches waiting", value=c.patcher.queue_depth
+        )
+        patches = CounterMetricFamily("ehc_patches", "Status patches by outcome", labels=["outcome"])
+        for outcome, n in sorted(self.patches.items()):
+            patches.add_metric([outcome], n)
+        yield patches
+        yield _histogram(
+            "ehc_patch_latency_seconds",
+            "From decision to patch written",
+            _PATCH_BUCKETS,
+            self.patch_seconds,
+            self.patch_seconds_sum,
+        )
+        yield CounterMetricFamily("ehc_watch_relists", "Pod lists after a 410", value=c.watcher.relists)
+        if pool is None:
+            return
+        per_worker = {
+            "ehc_worker_targets": GaugeMetricFamily("ehc_worker_targets", "Targets per worker and kind", labels=["worker", "kind"]),
+            "probes": CounterMetricFamily("ehc_probes", "Probe attempts (per worker process lifetime)", labels=["worker", "kind"]),
+            "failures": CounterMetricFamily("ehc_probe_failures", "Failed probe attempts", labels=["worker", "kind"]),
+            "lag": GaugeMetricFamily("ehc_schedule_lag_p99_seconds", "Schedule lag p99 over the last stats window", labels=["worker"]),
+            "inflight": GaugeMetricFamily("ehc_probes_in_flight", "Probes in flight", labels=["worker"]),
+        }  # fmt: skip
+        restarts = CounterMetricFamily("ehc_worker_restarts", "Worker processes restarted", labels=["worker"])
+        latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        latency_sum = 0.0
+        for w, s in sorted(pool.stats.items()):
+            label = str(w)
+            per_worker["ehc_worker_targets"].add_metric([label, "tcp"], s.targets_tcp)
+            per_worker["ehc_worker_targets"].add_metric([label, "icmp"], s.targets_icmp)
+            per_worker["probes"].add_metric([label, "tcp"], s.probes_tcp)
+            per_worker["probes"].add_metric([label, "icmp"], s.probes_icmp)
+            per_worker["failures"].add_metric([label, "tcp"], s.failures_tcp)
+            per_worker["failures"].add_metric([label, "icmp"], s.failures_icmp)
+            per_worker["lag"].add_metric([label], s.lag_p99)
+            per_worker["inflight"].add_metric([label], s.in_flight)
+            previous = 0
+            for i, cumulative in enumerate(s.latency_buckets):
+                latency_counts[i] += cumulative - previous
+                previous = cumulative
+            latency_sum += s.latency_sum
+        for w, n in enumerate(pool.restarts):
+            restarts.add_metric([str(w)], n)
+        yield from per_worker.values()
+        yield restarts
+        yield _histogram(
+            "ehc_probe_latency_seconds",
+            "Successful probe latency",
+            LATENCY_BUCKETS,
+            latency_counts,
+            latency_sum,
+        )
+
+
+def _histogram(
+    name: str, doc: str, bounds: tuple[float, ...], counts: list[int], total: float
+) -> HistogramMetricFamily:
+    buckets, running = [], 0
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        running += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+async def serve(controller: Controller, address: str) -> web.AppRunner:
+    """Start the metrics/health server on ``HOST:PORT`` (``:PORT`` means every address)."""
+    registry = CollectorRegistry()
+    registry.register(ControllerCollector(controller))
+    started = time.monotonic()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text=f"ok {time.monotonic() - started:.0f}s\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if controller.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: watch not synced or workers down\n")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = address.rpartition(":")
+    await web.TCPSite(runner, host or None, int(port)).start()
+    return runner

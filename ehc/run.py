@@ -1,0 +1,113 @@
+"""``ehc run``: the controller, in a cluster (in-cluster config) or against ``--kubeconfig``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+import uvloop
+
+from ehc import settings as settings_mod
+from ehc.probe.tcp import raise_fd_limit
+
+log = logging.getLogger("ehc")
+
+_EXTRA = ("pod", "node", "ip", "health")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the transition fields (pod, node, ip, health) when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: getattr(record, k) for k in _EXTRA if hasattr(record, k)})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run",
+        help="run the controller: watch opted-in pods, probe them, flip their readiness",
+        description=(
+            'Watch pods that opted in (annotation endpoint-health-checker.io/enabled: "true" or the '
+            "readiness gate endpointHealthCheckSuccess), probe them with worker processes, and write their "
+            "readiness when they stop or start answering. Only the holder of the leader-election Lease "
+            "probes and writes. Every setting is an environment variable and a flag (the flag wins); an "
+            "invalid value exits with status 2. Fail-safe: while more than the fail-safe share of all "
+            "targets is unhealthy or suspect, no pod is marked unhealthy."
+        ),
+    )
+    p.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, else in-cluster config)"
+    )
+    settings_mod.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_mod.load(args)
+    except settings_mod.SettingsError as exc:
+        print(f"ehc run: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    raise_fd_limit()
+    return uvloop.run(_main(settings, args.kubeconfig))
+
+
+async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> int:
+    from kubernetes_asyncio.config import ConfigException
+
+    from ehc import metrics
+    from ehc.controller import Controller
+    from ehc.kube.client import make_api_client
+
+    try:
+        api = await make_api_client(kubeconfig)
+    except (ConfigException, OSError) as exc:
+        log.error("no cluster to talk to: %s (give --kubeconfig, set KUBECONFIG, or run in a pod)", exc)
+        return 2
+    controller = Controller(settings, api)
+    runner = await metrics.serve(controller, settings.metrics_address) if settings.metrics_address else None
+    log.info(
+        "ehc starting as %s: interval %ss, timeout %ss, retry count %d, %d worker(s), lease %s/%s",
+        settings.identity, settings.interval, settings.timeout, settings.retry_count, settings.workers,
+        settings.namespace, settings.lease_name,
+    )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(controller.run())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopping: lease released, workers stopped")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await api.close()
+    return 0

@@ -1,0 +1,136 @@
+"""``ehc run`` end to end: a real process inside the simulated cluster's namespace, real probes, the
+real kubernetes_asyncio client, and the simulated API server's write log as the witness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+
+from ehc.sim import SimCluster
+from ehc.sim import netns as sim_netns
+
+pytestmark = pytest.mark.skipif(
+    not sim_netns.available()[0], reason=f"needs a network namespace: {sim_netns.available()[1]}"
+)
+
+FAST = ["--interval", "300ms", "--timeout", "200ms", "--retry-count", "2", "--confirm-spacing", "20ms",
+        "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", ""]  # fmt: skip
+
+
+async def start_ehc(sim: SimCluster, identity: str, *extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
+        "--identity", identity, "--namespace", "default", *FAST, *extra,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+async def until(predicate, limit: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), 20)
+
+
+async def test_gate_values_power_off_and_recovery() -> None:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=2.0) as sim:
+        fleet, api = sim.fleet, sim.api
+        targets = fleet.targets()
+        gate_pods = [p for p in targets if p.style == "gate"]
+        assert gate_pods and any(p.style == "annotation" for p in targets)
+        proc = await start_ehc(sim, "ehc-a")
+        try:
+            # Every gate pod gets its first value, True, without anything failing.
+            await until(
+                lambda: all(
+                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
+                    for p in gate_pods
+                )
+            )
+            assert api.write_log.condition_writes("Ready", "False") == []
+
+            victim = "sim-node-000"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            fleet.power_off(victim)
+            await until(lambda: on_victim <= api.write_log.first_marked("Ready", "False").keys())
+            marked = api.write_log.first_marked("Ready", "False").keys()
+            assert marked == on_victim  # nobody else
+            # One write per pod for the ejection.
+            writes = [
+                e
+                for e in api.write_log.condition_writes("Ready", "False")
+                if (e.namespace, e.name) in on_victim
+            ]
+            assert len(writes) == len(on_victim)
+
+            fleet.recover(victim)
+            gate_on_victim = [p for p in fleet.pods_on(victim) if p.style == "gate"]
+            await until(
+                lambda: all(
+                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
+                    for p in gate_on_victim
+                )
+            )
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_fail_safe_writes_nothing_when_the_whole_fleet_goes_dark() -> None:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        proc = await start_ehc(sim, "ehc-a", "--failsafe-min-targets", "5")
+        try:
+            await until(
+                lambda: all(
+                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
+                    for p in gate_pods
+                )
+            )
+            for node in ("sim-node-000", "sim-node-001", "sim-node-002"):
+                fleet.power_off(node)
+            await asyncio.sleep(3.0)  # ten intervals: long enough for every target to be confirmed dead
+            assert api.write_log.condition_writes("Ready", "False") == []
+            events = [
+                e
+                for e in api.write_log.entries
+                if e.resource == "events" and "FailSafeEngaged" in str(e.body)
+            ]
+            assert events
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_leader_failover_after_kill_9() -> None:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        a = await start_ehc(sim, "ehc-a")
+        await until(
+            lambda: all(
+                api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
+                for p in gate_pods
+            )
+        )
+        b = await start_ehc(sim, "ehc-b")
+        try:
+            await asyncio.sleep(1.0)  # b is a warm standby
+            a.kill()  # SIGKILL: no release
+            await a.wait()
+            victim = "sim-node-000"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            fleet.power_off(victim)
+            # b takes over after the lease expires and ejects the victim's pods.
+            await until(lambda: on_victim <= api.write_log.first_marked("Ready", "False").keys(), limit=30)
+            assert api.write_log.first_marked("Ready", "False").keys() == on_victim
+        finally:
+            assert await stop(b) == 0
