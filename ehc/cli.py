@@ -9,6 +9,7 @@ import sys
 # (sub-command, module providing ``register(subparsers)``); imported lazily so ``ehc probe`` does
 # not pay for the Kubernetes client.
 COMMANDS: list[tuple[str, str]] = [
+    ("demo", "ehc.demo"),
     ("run", "ehc.run"),
     ("probe", "ehc.oneshot"),
     ("sim", "ehc.sim.command"),

@@ -218,7 +218,8 @@ def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
 
 
 def pod_manifest(pod: SimPod) -> dict[str, Any]:
-    """The Pod object the API server stores for ``pod``: Running, Ready, with IPs and conditions."""
+    """The Pod object the API server stores for ``pod``: Running, with IPs and conditions; Ready,
+    except a gate pod, which waits for its gate condition."""
     ts = now_rfc3339()
     containers = [
         {**c, "image": "registry.k8s.io/pause:3.9", "imagePullPolicy": "IfNotPresent"}
@@ -243,10 +244,12 @@ def pod_manifest(pod: SimPod) -> dict[str, Any]:
         {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": ts},
     ]
     if pod.style == "gate":
+        # As a real kubelet reports a new pod whose gate nobody has set yet: no gate condition, and
+        # Ready False until the gate is True (the kubelet stand-in sets Ready then).
         spec["readinessGates"] = [{"conditionType": GATE}]
-        conditions.insert(
-            0, {"type": GATE, "status": "True", "lastProbeTime": None, "lastTransitionTime": ts}
-        )
+        ready = conditions[2]
+        ready.update(status="False", reason="ReadinessGatesNotReady",
+                     message=f'corresponding condition of pod readiness gate "{GATE}" does not exist.')  # fmt: skip
     meta: dict[str, Any] = {
         "name": pod.name,
         "namespace": pod.namespace,

@@ -29,6 +29,12 @@ async def start_ehc(sim: SimCluster, identity: str, *extra: str) -> asyncio.subp
     )  # fmt: skip
 
 
+def marked_unready(sim: SimCluster) -> dict[tuple[str, str], float]:
+    """Pods ehc took out of service: a write setting Ready=False or, for gate pods, the gate False."""
+    log = sim.api.write_log
+    return {**log.first_marked("endpointHealthCheckSuccess", "False"), **log.first_marked("Ready", "False")}
+
+
 async def until(predicate, limit: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(limit):
         while not predicate():
@@ -41,45 +47,40 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
     return await asyncio.wait_for(proc.wait(), 20)
 
 
+def gate_is(api, pods, status: str, condition: str = "endpointHealthCheckSuccess"):  # type: ignore[no-untyped-def]
+    return lambda: all(api.pod_condition(p.namespace, p.name, condition) == status for p in pods)
+
+
 async def test_gate_values_power_off_and_recovery() -> None:
-    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=2.0) as sim:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=1.0) as sim:
         fleet, api = sim.fleet, sim.api
         targets = fleet.targets()
         gate_pods = [p for p in targets if p.style == "gate"]
         assert gate_pods and any(p.style == "annotation" for p in targets)
+        assert not gate_is(api, gate_pods, "True")()  # new pods: nobody has set the gate yet
         proc = await start_ehc(sim, "ehc-a")
         try:
-            # Every gate pod gets its first value, True, without anything failing.
-            await until(
-                lambda: all(
-                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
-                    for p in gate_pods
-                )
-            )
-            assert api.write_log.condition_writes("Ready", "False") == []
+            # Every gate pod gets its first value, True, without anything failing; the kubelet
+            # (stand-in) then sets them Ready.
+            await until(gate_is(api, gate_pods, "True"))
+            await until(gate_is(api, gate_pods, "True", "Ready"))
+            assert marked_unready(sim) == {}
 
             victim = "sim-node-000"
             on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            before = len(api.write_log.entries)
             fleet.power_off(victim)
-            await until(lambda: on_victim <= api.write_log.first_marked("Ready", "False").keys())
-            marked = api.write_log.first_marked("Ready", "False").keys()
-            assert marked == on_victim  # nobody else
+            await until(lambda: on_victim <= marked_unready(sim).keys())
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == on_victim  # nobody else
             # One write per pod for the ejection.
             writes = [
-                e
-                for e in api.write_log.condition_writes("Ready", "False")
-                if (e.namespace, e.name) in on_victim
+                e for e in api.write_log.entries[before:] if e.actor == "client" and e.resource == "pods"
             ]
-            assert len(writes) == len(on_victim)
+            assert sorted((e.namespace, e.name) for e in writes) == sorted(on_victim)
 
             fleet.recover(victim)
-            gate_on_victim = [p for p in fleet.pods_on(victim) if p.style == "gate"]
-            await until(
-                lambda: all(
-                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
-                    for p in gate_on_victim
-                )
-            )
+            await until(gate_is(api, [p for p in fleet.pods_on(victim) if p.style == "gate"], "True"))
         finally:
             assert await stop(proc) == 0
 
@@ -99,7 +100,7 @@ async def test_fail_safe_writes_nothing_when_the_whole_fleet_goes_dark() -> None
             for node in ("sim-node-000", "sim-node-001", "sim-node-002"):
                 fleet.power_off(node)
             await asyncio.sleep(3.0)  # ten intervals: long enough for every target to be confirmed dead
-            assert api.write_log.condition_writes("Ready", "False") == []
+            assert marked_unready(sim) == {}
             events = [
                 e
                 for e in api.write_log.entries
@@ -130,7 +131,29 @@ async def test_leader_failover_after_kill_9() -> None:
             on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
             fleet.power_off(victim)
             # b takes over after the lease expires and ejects the victim's pods.
-            await until(lambda: on_victim <= api.write_log.first_marked("Ready", "False").keys(), limit=30)
-            assert api.write_log.first_marked("Ready", "False").keys() == on_victim
+            await until(lambda: on_victim <= marked_unready(sim).keys(), limit=30)
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == on_victim
         finally:
             assert await stop(b) == 0
+
+
+def test_demo_json_reports_the_measured_figures() -> None:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ehc", "demo", "--json", "--nodes", "3", "--pods-per-node", "12"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["detected"] == summary["victim_pods"] > 0
+    assert summary["false_unhealthy"] == 0
+    assert summary["writes_per_transition"] == 1.0
+    assert (
+        0
+        < summary["detection_seconds"]["p50"]
+        <= summary["detection_seconds"]["p99"]
+        <= summary["detection_seconds"]["max"]
+    )

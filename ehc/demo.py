@@ -1,0 +1,207 @@
+"""``ehc demo``: ehc's main job on the embedded simulated cluster, measured.
+
+Starts the simulated cluster, runs the real ``ehc run`` (a separate process, talking to the simulated
+API server through a kubeconfig, probing real sockets), waits until every gate pod has its first
+value, powers one node off, waits until ehc has marked its pods NotReady, powers it back on, and
+reports what the API server's write log saw: detection time per pod, pods wrongly marked, API writes
+per transition, recovery time of gate pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from typing import Any
+
+from ehc.kube.model import GATE, READY
+from ehc.sim import SimCluster
+from ehc.sim import netns as sim_netns
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "demo",
+        help="run ehc against the embedded simulated cluster: power a node off and measure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--nodes", type=_positive, default=20, help="simulated nodes (default 20)")
+    p.add_argument("--pods-per-node", type=_positive, default=100, help="pods per node (default 100)")
+    p.add_argument("--workers", type=_positive, default=1, help="ehc worker processes (default 1)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="give up waiting for a phase after this many seconds"
+    )
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = asyncio.run(_demo(args))
+    except TimeoutError as exc:
+        print(f"ehc demo: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0 if summary["false_unhealthy"] == 0 and summary["detected"] == summary["victim_pods"] else 1
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.json:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+async def _wait(predicate: Any, limit: float, what: str, progress: Any = None) -> None:
+    deadline = time.monotonic() + limit
+    last = 0.0
+    while not predicate():
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"gave up after {limit:.0f}s waiting for {what}")
+        if progress is not None and now - last >= 1.0:
+            progress()
+            last = now
+        await asyncio.sleep(0.05)
+
+
+async def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    can_netns, why = sim_netns.available()
+    limits: list[str] = []
+    if not can_netns:
+        limits.append(
+            f"no private network namespace ({why}): a powered-off node is simulated by closing its "
+            "listeners, so connections are refused at once instead of timing out"
+        )
+    async with SimCluster(nodes=args.nodes, pods_per_node=args.pods_per_node, kubelet_delay=1.0) as sim:
+        fleet = sim.fleet
+        targets = fleet.targets()
+        gate_pods = [p for p in targets if p.style == "gate"]
+        _say(args, f"simulated cluster: {len(fleet.pods)} pods on {args.nodes} nodes, {len(targets)} opted in "
+                   f"({len(gate_pods)} with the readiness gate); kubeconfig {sim.kubeconfig}")  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
+            "--workers", str(args.workers), "--identity", "ehc-demo", "--namespace", "default",
+            "--metrics-address", "", "--log-level", "warning",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            return await _scenario(args, sim, proc, targets, gate_pods, limits)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+
+
+async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, targets: list[Any], gate_pods: list[Any],
+                    limits: list[str]) -> dict[str, Any]:  # fmt: skip
+    fleet, api, log = sim.fleet, sim.api, sim.api.write_log
+    started = time.monotonic()
+
+    def gates_set() -> int:
+        return sum(api.pod_condition(p.namespace, p.name, GATE) == "True" for p in gate_pods)
+
+    await _wait(lambda: gates_set() == len(gate_pods), args.timeout, "every gate pod's first value",
+                lambda: _say(args, f"  probing: {gates_set()}/{len(gate_pods)} gate pods have their first value"))  # fmt: skip
+    _say(
+        args, f"every target probed; {len(gate_pods)} gate pods set True in {time.monotonic() - started:.1f}s"
+    )
+    await asyncio.sleep(2.0)  # a couple of intervals of steady state: nothing must be written
+
+    victim = fleet.nodes[0]
+    on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+    before = len(log.entries)
+    t0 = time.monotonic()
+    fleet.power_off(victim)
+    _say(args, f"powered off {victim} ({len(on_victim)} opted-in pods)")
+
+    def marked() -> dict[tuple[str, str], float]:
+        """Pods taken out of service since the power-off: Ready=False, or the gate False."""
+        out = {**log.first_marked(GATE, "False"), **log.first_marked(READY, "False")}
+        return {k: t for k, t in out.items() if t >= t0}
+
+    await _wait(lambda: on_victim <= marked().keys(), args.timeout, f"{victim}'s pods to be marked NotReady",
+                lambda: _say(args, f"  {len(on_victim & marked().keys())}/{len(on_victim)} of {victim}'s pods marked NotReady"))  # fmt: skip
+    await asyncio.sleep(1.0)  # anything wrongly marked would show up now
+    m = marked()
+    detection = sorted(m[k] - t0 for k in on_victim if k in m)
+    wrong = sorted(f"{ns}/{name}" for ns, name in m.keys() - on_victim)
+    victim_writes = [e for e in log.entries[before:] if e.actor == "client" and e.resource == "pods"
+                     and (e.namespace, e.name) in on_victim]  # fmt: skip
+    _say(args, f"all {len(detection)} marked NotReady; slowest after {detection[-1]:.2f}s")
+
+    t1 = time.monotonic()
+    fleet.recover(victim)
+    gate_victims = [p for p in gate_pods if (p.namespace, p.name) in on_victim]
+
+    def recovered() -> int:
+        return sum(api.pod_condition(p.namespace, p.name, GATE) == "True" for p in gate_victims)
+
+    await _wait(lambda: recovered() == len(gate_victims), args.timeout, "the gate pods to recover")
+    recovery = time.monotonic() - t1
+    _say(args, f"{victim} back: its {len(gate_victims)} gate pods set True again after {recovery:.2f}s")
+    return {
+        "pods": len(fleet.pods),
+        "targets": len(targets),
+        "gate_pods": len(gate_pods),
+        "workers": args.workers,
+        "victim_node": victim,
+        "victim_pods": len(on_victim),
+        "detected": len(detection),
+        "detection_seconds": {
+            "p50": round(statistics.median(detection), 3),
+            "p99": round(_quantile(detection, 0.99), 3),
+            "max": round(detection[-1], 3),
+        },
+        "false_unhealthy": len(wrong),
+        "false_unhealthy_pods": wrong[:20],
+        "writes_per_transition": round(len(victim_writes) / max(1, len(detection)), 3),
+        "recovery_seconds_gate": round(recovery, 3),
+        "node_monitor_grace_period_seconds": 40,
+        "network_namespace": sim.netns,
+        "limits": limits,
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    d = s["detection_seconds"]
+    rows = [
+        ("pods / opted in / gate", f"{s['pods']} / {s['targets']} / {s['gate_pods']}"),
+        ("workers", s["workers"]),
+        (f"pods on {s['victim_node']} marked NotReady", f"{s['detected']} of {s['victim_pods']}"),
+        ("power-off → NotReady p50 / p99 / max", f"{d['p50']:.2f}s / {d['p99']:.2f}s / {d['max']:.2f}s"),
+        ("Kubernetes alone (node-monitor grace period)", f"{s['node_monitor_grace_period_seconds']}s"),
+        ("pods wrongly marked", s["false_unhealthy"]),
+        ("API writes per transition", s["writes_per_transition"]),
+        ("gate pods recovered after power-on", f"{s['recovery_seconds_gate']:.2f}s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    for limit in s["limits"]:
+        print(f"  note: {limit}")
