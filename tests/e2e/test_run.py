@@ -157,3 +157,62 @@ def test_demo_json_reports_the_measured_figures() -> None:
         <= summary["detection_seconds"]["p99"]
         <= summary["detection_seconds"]["max"]
     )
+
+
+async def test_api_trouble_during_a_power_off_loses_and_duplicates_nothing() -> None:
+    from ehc.sim.faults import PODS_STATUS
+
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        proc = await start_ehc(sim, "ehc-a")
+        try:
+            await until(gate_is(api, gate_pods, "True"))
+            # The watch drops and, once reconnecting, must relist after a 410; status patches meet
+            # a storm of 500s and 429s.
+            api.faults.fail(6, 500, verb="PATCH", path=PODS_STATUS)
+            api.faults.throttle(4, retry_after=0.5, verb="PATCH", path=PODS_STATUS)
+            api.faults.expire_next_watch(1)
+            api.close_watches(abrupt=True)
+            victim = "sim-node-000"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            before = len(api.write_log.entries)
+            fleet.power_off(victim)
+            await until(lambda: on_victim <= marked_unready(sim).keys())
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == on_victim
+            landed = [e for e in api.write_log.entries[before:]
+                      if e.actor == "client" and e.resource == "pods" and 200 <= e.status < 300]  # fmt: skip
+            assert sorted((e.namespace, e.name) for e in landed) == sorted(on_victim)  # once each
+            assert api.faults.injected >= 10
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_ipv6_pods_and_a_pod_deleted_while_its_patch_is_queued() -> None:
+    from ehc.sim.faults import PODS_STATUS
+
+    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None, ipv6_every=3) as sim:
+        fleet, api = sim.fleet, sim.api
+        targets = fleet.targets()
+        assert any(p.ipv6 for p in targets)
+        gate_pods = [p for p in targets if p.style == "gate"]
+        proc = await start_ehc(sim, "ehc-a", "--failsafe-min-targets", "1000")
+        try:
+            await until(gate_is(api, gate_pods, "True"))
+            victim = "sim-node-000"
+            doomed = [p for p in fleet.pods_on(victim) if p.opted_in]
+            v6 = {(p.namespace, p.name) for p in doomed if p.ipv6}
+            assert v6
+            deleted = doomed[0]
+            api.faults.delay(1.5, verb="PATCH", path=PODS_STATUS)  # patches queue up behind the delay
+            fleet.power_off(victim)
+            await asyncio.sleep(1.2)
+            api.delete_pod(deleted.namespace, deleted.name)  # gone while its patch waits
+            api.faults.clear()
+            rest = {(p.namespace, p.name) for p in doomed[1:]}
+            await until(lambda: rest <= marked_unready(sim).keys())
+            assert v6 <= marked_unready(sim).keys() | {(deleted.namespace, deleted.name)}
+            assert proc.returncode is None  # ehc shrugged off the 404
+        finally:
+            assert await stop(proc) == 0
