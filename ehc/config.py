@@ -64,7 +64,7 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     interval: float = 1.0
     timeout: float = 0.5
-    retry_count: int = 3
+    retry_count: int = 5
     recovery_threshold: int = 2
     confirm_spacing: float = 0.05
 

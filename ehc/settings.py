@@ -33,7 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEALTH_CHECK_INTERVAL", "--interval", "duration", 1.0, "probe period per target", minimum=0.01),
     Setting("HEALTH_CHECK_TIMEOUT", "--timeout", "duration", 0.5, "timeout of one probe attempt", minimum=0.001),
     Setting(
-        "HEALTH_CHECK_RETRY_COUNT", "--retry-count", "int", 3,
+        "HEALTH_CHECK_RETRY_COUNT", "--retry-count", "int", 5,
         "unhealthy after 1+N failed attempts in a row (the confirmations run in parallel)", minimum=0,
     ),
     Setting(

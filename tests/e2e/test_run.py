@@ -216,3 +216,45 @@ async def test_ipv6_pods_and_a_pod_deleted_while_its_patch_is_queued() -> None:
             assert proc.returncode is None  # ehc shrugged off the 404
         finally:
             assert await stop(proc) == 0
+
+
+async def test_metrics_healthz_and_readyz() -> None:
+    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim:
+        gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
+        proc = await start_ehc(sim, "ehc-a", "--metrics-address", "127.0.0.1:19090")
+        try:
+            await until(gate_is(sim.api, gate_pods, "True"))
+            await asyncio.sleep(1.5)  # a stats frame from the worker
+
+            async def get(path: str) -> tuple[int, str]:
+                code = (
+                    "import sys, urllib.request, urllib.error\n"
+                    "try:\n"
+                    f"    r = urllib.request.urlopen('http://127.0.0.1:19090{path}', timeout=5); print(r.status); print(r.read().decode())\n"
+                    "except urllib.error.HTTPError as e:\n"
+                    "    print(e.code); print(e.read().decode())\n"
+                )
+                p = await asyncio.create_subprocess_exec(
+                    *sim.exec_prefix(), sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+                )
+                out, _ = await p.communicate()
+                status, _, body = out.decode().partition("\n")
+                return int(status), body
+
+            assert (await get("/healthz"))[0] == 200
+            assert (await get("/readyz"))[0] == 200
+            status, text = await get("/metrics")
+            assert status == 200
+            samples = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            targets = sum(v for k, v in samples.items() if k.startswith("ehc_targets{"))
+            assert targets == len(sim.fleet.targets())
+            assert samples["ehc_leader"] == 1 and samples["ehc_failsafe_engaged"] == 0
+            assert sum(v for k, v in samples.items() if k.startswith("ehc_probes_total{")) > 0
+            assert samples['ehc_probe_latency_seconds_bucket{le="+Inf"}'] > 0
+            assert samples['ehc_patches_total{outcome="ok"}'] == len(gate_pods)  # the first gate values
+        finally:
+            assert await stop(proc) == 0
