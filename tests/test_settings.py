@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -65,3 +68,12 @@ def test_bad_values_name_the_variable_the_value_and_what_is_allowed(
 def test_bad_flag_is_named_as_the_flag() -> None:
     with pytest.raises(SettingsError, match=r"--interval='soon' is invalid"):
         load(parse(["--interval", "soon"]), env={})
+
+
+def test_run_rejects_a_bad_setting_with_exit_2() -> None:
+    env = {**os.environ, "HEALTH_CHECK_TIMEOUT": "fast"}
+    r = subprocess.run(
+        [sys.executable, "-m", "ehc", "run"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    assert "HEALTH_CHECK_TIMEOUT='fast' is invalid: expected a duration" in r.stderr

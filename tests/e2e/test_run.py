@@ -258,3 +258,20 @@ async def test_metrics_healthz_and_readyz() -> None:
             assert samples['ehc_patches_total{outcome="ok"}'] == len(gate_pods)  # the first gate values
         finally:
             assert await stop(proc) == 0
+
+
+async def test_a_closed_port_ejects_only_that_pod() -> None:
+    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        tcp_pods = [p for p in fleet.targets() if p.ports]
+        proc = await start_ehc(sim, "ehc-a")
+        try:
+            await until(gate_is(api, gate_pods, "True"))
+            victim = tcp_pods[0]
+            fleet.close_port(victim, victim.ports[0])  # refused at once: the app is down, the node is up
+            await until(lambda: (victim.namespace, victim.name) in marked_unready(sim))
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == {(victim.namespace, victim.name)}
+        finally:
+            assert await stop(proc) == 0
