@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from ehc import argtypes
 from ehc.kube.model import GATE, READY
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
@@ -31,20 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--nodes", type=_positive, default=20, help="simulated nodes (default 20)")
-    p.add_argument("--pods-per-node", type=_positive, default=100, help="pods per node (default 100)")
-    p.add_argument("--workers", type=_positive, default=1, help="ehc worker processes (default 1)")
+    p.add_argument("--nodes", type=argtypes.positive, default=20, help="simulated nodes (default 20)")
+    p.add_argument("--pods-per-node", type=argtypes.positive, default=100, help="pods per node (default 100)")
+    p.add_argument("--workers", type=argtypes.positive, default=1, help="ehc worker processes (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument(
         "--timeout", type=float, default=60.0, help="give up waiting for a phase after this many seconds"
     )
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

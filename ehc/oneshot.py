@@ -17,7 +17,8 @@ import time
 
 import uvloop
 
-from ehc.config import ProbeSettings, format_duration, parse_duration
+from ehc import argtypes
+from ehc.config import ProbeSettings, format_duration
 from ehc.messages import Health, Target, Transition
 from ehc.pool import WorkerPool
 from ehc.probe.tcp import raise_fd_limit
@@ -52,22 +53,6 @@ def parse_target(text: str) -> Target:
     return Target(key=text, ip=str(ip), ports=ports)
 
 
-def _duration_arg(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
-def _count_arg(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
 def _target_arg(text: str) -> Target:
     try:
         return parse_target(text)
@@ -88,14 +73,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("targets", nargs="+", type=_target_arg, metavar="TARGET")
     p.add_argument(
         "--timeout",
-        type=_duration_arg,
+        type=argtypes.duration,
         default=_DEFAULTS.timeout,
         metavar="DUR",
         help=f"per-attempt timeout, Go duration syntax (default {format_duration(_DEFAULTS.timeout)})",
     )
     p.add_argument(
         "--retry-count",
-        type=_count_arg,
+        type=argtypes.count,
         default=_DEFAULTS.retry_count,
         metavar="N",
         help=f"unhealthy after 1+N failed attempts in a row (default {_DEFAULTS.retry_count})",
@@ -107,25 +92,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--interval",
-        type=_duration_arg,
+        type=argtypes.duration,
         default=_DEFAULTS.interval,
         metavar="DUR",
         help=f"with --watch: probe period per target (default {format_duration(_DEFAULTS.interval)})",
     )
     p.add_argument(
         "--workers",
-        type=_positive_arg,
+        type=argtypes.positive,
         default=1,
         metavar="N",
         help="with --watch: worker processes (default 1)",
     )
     p.set_defaults(func=run)
-
-
-def _positive_arg(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
