@@ -39,7 +39,7 @@ class Controller:
         self._worker_env = worker_env
         self.targets: dict[str, PodTarget] = {}
         self._pods: dict[str, Pod] = {}  # last seen version of each target pod
-        self._warned: dict[str, tuple[str, ...]] = {}  # problems already reported, per pod
+        self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
         self.pool: WorkerPool | None = None
         self.elector = LeaderElector(
             api,
@@ -144,17 +144,23 @@ class Controller:
             self._update(pod)
         for key in list(self.targets.keys() - seen):
             self._drop(key)
+        for key in list(self._warned.keys() - seen):
+            del self._warned[key]
 
     def _event(self, kind: str, pod: Pod) -> None:
         if kind == "DELETED":
             self._drop(pod.key)
+            self._warned.pop(pod.key, None)
         else:
             self._update(pod)
 
     def _update(self, pod: Pod) -> None:
         sel = select(pod)
-        if sel.problems and self._warned.get(pod.key) != sel.problems:
-            self._warned[pod.key] = sel.problems
+        said = (*sel.problems, sel.skipped) if sel.skipped.startswith("annotation") else sel.problems
+        if said and self._warned.get(pod.key) != said:
+            self._warned[pod.key] = said
+            if sel.skipped.startswith("annotation") and not sel.problems:
+                log.info("pod %s opted out: %s", pod.key, sel.skipped)
             for problem in sel.problems:
                 log.warning("pod %s: %s", pod.key, problem)
                 self.events.emit(
@@ -174,7 +180,6 @@ class Controller:
 
     def _drop(self, key: str) -> None:
         self._pods.pop(key, None)
-        self._warned.pop(key, None)
         if self.targets.pop(key, None) is not None:
             if self.pool is not None:
                 self.pool.remove([key])
