@@ -1,0 +1,118 @@
+"""Shared by the deploy tests: render the Helm chart with Helm's Go SDK (helm-python-sdk), build
+kustomize trees with ``kubectl kustomize``, validate objects offline against the Kubernetes OpenAPI
+schemas (kubernetes-validate), and read a rendered Deployment's container."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "endpoint-health-checker"
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+OVERLAYS = ("dev", "staging", "prod")
+RELEASE = "endpoint-health-checker"  # the release name and namespace the kustomize base mirrors
+NAMESPACE = "endpoint-health-checker"
+# Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
+KUBE_VERSIONS = ("1.25.0", "1.37.0")
+
+Obj = dict[str, Any]
+
+
+@functools.cache
+def _chart() -> Any:
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (test extra)")
+    return helm.Chart.load(str(CHART))
+
+
+def render_chart(
+    values: Obj | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
+) -> tuple[list[Obj], str]:
+    """Render the chart as ``helm install`` would (schema checked): the objects and NOTES.txt."""
+    out = _chart().render(values or {}, name=name, namespace=namespace, is_install=True)
+    objects: list[Obj] = []
+    notes = ""
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            notes = text
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects, notes
+
+
+def helm_module() -> Any:
+    return pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (test extra)")
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl is not installed: the kustomize builds need `kubectl kustomize`")
+    return path
+
+
+@functools.cache
+def _kustomize(directory: str) -> str:
+    out = subprocess.run([kubectl(), "kustomize", directory], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def kustomize(tree: str) -> list[Obj]:
+    """``kubectl kustomize deploy/kustomize/<tree>`` (e.g. ``base``, ``overlays/prod``)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(str(KUSTOMIZE / tree))) if doc]
+
+
+def one(objects: list[Obj], kind: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(objects: list[Obj]) -> Obj:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["ehc"]
+    return containers[0]
+
+
+def env_of(objects: list[Obj]) -> dict[str, str]:
+    """The container's plain env values (downward-API entries appear as ``valueFrom:<fieldPath>``)."""
+    out: dict[str, str] = {}
+    for e in container(objects)["env"]:
+        assert e["name"] not in out, f"duplicate env {e['name']}"
+        if "valueFrom" in e:
+            out[e["name"]] = "valueFrom:" + e["valueFrom"]["fieldRef"]["fieldPath"]
+        else:
+            out[e["name"]] = e["value"]
+    return out
+
+
+def validate_offline(obj: Obj) -> None:
+    """Validate against the Kubernetes OpenAPI schemas shipped in kubernetes-validate (strict: unknown
+    fields fail too), for the oldest supported and the newest Kubernetes."""
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (test extra)"
+    )
+    for version in KUBE_VERSIONS:
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:
+            raise AssertionError(
+                f"{obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {version}: {exc.message} "
+                f"at {'.'.join(str(p) for p in exc.path)}"
+            ) from None
+
+
+def cpu_millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def memory_mib(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]

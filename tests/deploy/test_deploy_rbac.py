@@ -1,0 +1,154 @@
+"""RBAC is exactly what ehc uses: a real ``ehc run`` against the simulated API server does everything
+it ever does (lists and watches pods, writes the gate's first value, ejects the pods of a node that
+went dark with a status patch and an Event, campaigns for, renews and, on SIGTERM, releases its
+Lease); every request the server sees is recorded and turned into (API group, resource, verb), and
+that set must equal what the chart's ClusterRole and Role grant, and what the kustomize base grants."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import pytest
+from aiohttp import web
+from deploy_helpers import kustomize, one, render_chart
+
+from ehc.sim import SimCluster
+
+LEASE_NAMESPACE = "kube-system"
+LEASE_NAME = "endpoint-health-checker-leader"
+FAST = ["--interval", "300ms", "--timeout", "200ms", "--retry-count", "1", "--confirm-spacing", "20ms",
+        "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", "",
+        "--failsafe-min-targets", "1000"]  # fmt: skip
+
+Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+
+def rbac_request(method: str, path: str, query: dict[str, str]) -> tuple[Grant, str, str] | None:
+    """The RBAC attributes of a resource request: ((group, resource, verb), namespace, name); None for
+    non-resource paths such as discovery."""
+    seg = path.strip("/").split("/")
+    if seg[0] == "api" and len(seg) >= 3:
+        group, rest = "", seg[2:]
+    elif seg[0] == "apis" and len(seg) >= 4:
+        group, rest = seg[1], seg[3:]
+    else:
+        return None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    name = rest[1] if len(rest) > 1 else ""
+    if method == "GET":
+        verb = "watch" if query.get("watch", "").lower() in ("1", "true") else ("get" if name else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+    return (group, resource, verb), namespace, name
+
+
+def granted(rules: list[dict[str, Any]]) -> dict[Grant, list[str] | None]:
+    """(group, resource, verb) -> resourceNames (None: any name)."""
+    out: dict[Grant, list[str] | None] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert (group, resource, verb) not in out, f"granted twice: {group, resource, verb}"
+                    out[(group, resource, verb)] = rule.get("resourceNames")
+    return out
+
+
+async def record_ehc_run() -> list[tuple[Grant, str, str]]:
+    sim = SimCluster(nodes=3, pods_per_node=6, netns=False, kubelet_delay=None)
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    handle = sim.api._handle
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.path, dict(request.query)))
+        return await handle(request)
+
+    sim.api._handle = recording  # type: ignore[method-assign]  # bound into the route by start()
+    async with sim:
+        fleet, api = sim.fleet, sim.api
+        gate = [p for p in fleet.targets() if p.style == "gate"]
+        victim = "sim-node-000"
+        assert gate and any(p.opted_in and p.ports for p in fleet.pods_on(victim))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig, "--identity", "ehc-a",
+            "--namespace", LEASE_NAMESPACE, "--lease-name", LEASE_NAME, *FAST,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(30):
+                while not all(
+                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
+                    for p in gate
+                ):
+                    await asyncio.sleep(0.05)
+                # Without a network namespace the node's ports refuse connections (pings still answer).
+                fleet.power_off(victim)
+                while not api.write_log.select(resource="events", actor="client", ok=True):
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.0)  # a few lease renewals
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+    return [r for r in (rbac_request(*s) for s in seen) if r is not None]
+
+
+@pytest.fixture(scope="module")
+def recorded() -> list[tuple[Grant, str, str]]:
+    return asyncio.run(record_ehc_run())
+
+
+def test_ehc_run_uses_pods_events_and_its_lease(recorded: list[tuple[Grant, str, str]]) -> None:
+    used = {g for g, _, _ in recorded}
+    # The run exercised every code path that talks to the API (a missing one would make the
+    # comparison below vacuous): watch, status patch, Event, and the Lease's whole life.
+    assert used == {
+        ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/status", "patch"), ("", "events", "create"),
+        ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+    }  # fmt: skip
+    for (group, resource, verb), namespace, name in recorded:
+        if resource == "pods" and verb in ("list", "watch"):
+            assert namespace == "", "pods are listed and watched cluster-wide"
+        if group == "coordination.k8s.io":
+            assert namespace == LEASE_NAMESPACE
+            assert name == ("" if verb == "create" else LEASE_NAME)
+    # Events and status patches go to the pods' own namespaces, so they need a ClusterRole.
+    assert {ns for (g, r, v), ns, _ in recorded if r in ("events", "pods/status")} - {LEASE_NAMESPACE}
+
+
+@pytest.mark.parametrize("source", ["chart", "kustomize base"])
+def test_rbac_grants_exactly_what_ehc_uses(recorded: list[tuple[Grant, str, str]], source: str) -> None:
+    if source == "chart":
+        objects, _ = render_chart({"leaderElection": {"leaseName": LEASE_NAME}})
+    else:
+        objects = kustomize("base")
+    cluster = granted(one(objects, "ClusterRole")["rules"])
+    namespaced = granted(one(objects, "Role")["rules"])
+    leases = {g for g, _, _ in recorded if g[0] == "coordination.k8s.io"}
+    everywhere = {g for g, _, _ in recorded} - leases
+    assert set(cluster) == everywhere
+    assert all(names is None for names in cluster.values())
+    assert set(namespaced) == leases  # the Lease only in ehc's own namespace
+    # create cannot be limited to a name; get and update are limited to ehc's own Lease.
+    assert namespaced[("coordination.k8s.io", "leases", "create")] is None
+    assert namespaced[("coordination.k8s.io", "leases", "get")] == [LEASE_NAME]
+    assert namespaced[("coordination.k8s.io", "leases", "update")] == [LEASE_NAME]
+    sa = one(objects, "ServiceAccount")["metadata"]
+    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(objects, kind)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": one(objects, role_kind)["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+        ]
