@@ -32,6 +32,10 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6 and host == "::":
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    # A probe that connects and resets without sending anything (as ehc's do) never reaches the
+    # accept queue: the kernel drops the half-open connection on the RST, and this process spends no
+    # CPU on it. Clients that send data or close normally are still accepted below.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
     sock.bind((host, port))
     sock.listen(4096)
     sock.setblocking(False)
