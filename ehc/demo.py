@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from ehc import argtypes
-from ehc.kube.model import GATE, READY
+from ehc.kube.model import GATE
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
 
@@ -129,9 +129,7 @@ async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, target
     _say(args, f"powered off {victim} ({len(on_victim)} opted-in pods)")
 
     def marked() -> dict[tuple[str, str], float]:
-        """Pods taken out of service since the power-off: Ready=False, or the gate False."""
-        out = {**log.first_marked(GATE, "False"), **log.first_marked(READY, "False")}
-        return {k: t for k, t in out.items() if t >= t0}
+        return log.first_taken_out(since=t0)
 
     await _wait(lambda: on_victim <= marked().keys(), args.timeout, f"{victim}'s pods to be marked NotReady",
                 lambda: _say(args, f"  {len(on_victim & marked().keys())}/{len(on_victim)} of {victim}'s pods marked NotReady"))  # fmt: skip

@@ -26,9 +26,7 @@ from ehc.sim import netns as sim_netns
 
 
 def marked(sim: SimCluster, since: float) -> dict[tuple[str, str], float]:
-    log = sim.api.write_log
-    out = {**log.first_marked("endpointHealthCheckSuccess", "False"), **log.first_marked("Ready", "False")}
-    return {k: t for k, t in out.items() if t >= since}
+    return sim.api.write_log.first_taken_out(since)
 
 
 async def one(args: argparse.Namespace, retry_count: int) -> dict[str, object]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiohttp import web
+from sim_helpers import conditions_are, stop, until
 
 from ehc.kube.model import Pod
 from ehc.kube.targets import Mode
@@ -149,34 +149,9 @@ async def start_baseline(sim: SimCluster, *args: str) -> asyncio.subprocess.Proc
     )  # fmt: skip
 
 
-async def stop(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 20)
-
-
 def marked_unready(sim: SimCluster) -> dict[tuple[str, str], float]:
-    """Pods taken out of service, with the server's time of the first such write.
-
-    By what each write *changed*, not by what its body asks for: the baseline sends the whole list,
-    so a gate pod's first gate=True write also "asks" for the Ready=False it already had, and
-    ``WriteLog.first_marked`` would count it."""
-    out: dict[tuple[str, str], float] = {}
-    for e in sim.api.write_log.select(resource="pods", actor="client", ok=True):
-        if e.changes and "False" in (e.changes.get(GATE), e.changes.get("Ready")):
-            out.setdefault((e.namespace, e.name), e.mono)
-    return out
-
-
-async def until(predicate, limit: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
-def gates_true(sim: SimCluster):  # type: ignore[no-untyped-def]
-    gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
-    return lambda: all(sim.api.pod_condition(p.namespace, p.name, GATE) == "True" for p in gate_pods)
+    """Pods taken out of service, by what each write changed (the baseline re-sends whole lists)."""
+    return sim.api.write_log.first_taken_out()
 
 
 def record_requests(sim: SimCluster) -> list[tuple[float, str, str]]:
@@ -200,7 +175,9 @@ async def test_power_off_is_written_by_get_then_patch_of_the_whole_condition_lis
         fleet, api = sim.fleet, sim.api
         proc = await start_baseline(sim, "--interval", "300ms", "--timeout", "200ms", "--retry-count", "1")
         try:
-            await until(gates_true(sim))  # the gate's first value, True, for every gate pod
+            await until(
+                conditions_are(sim.api, [p for p in sim.fleet.targets() if p.style == "gate"], "True")
+            )  # the gate's first value, True, for every gate pod
             assert marked_unready(sim) == {}
             victim = "sim-node-000"
             on_victim = {p.key for p in fleet.pods_on(victim) if p.opted_in}
@@ -250,7 +227,9 @@ async def test_a_dead_node_is_marked_in_waves_by_the_fixed_pool() -> None:
             "--retry-count", str(retry), "--concurrency", "2",
         )  # fmt: skip
         try:
-            await until(gates_true(sim))
+            await until(
+                conditions_are(sim.api, [p for p in sim.fleet.targets() if p.style == "gate"], "True")
+            )
             fleet.power_off(victim)
             await until(lambda: on_victim <= marked_unready(sim).keys(), limit=30)
         finally:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ehc.kube.model import ANNOTATION, GATE
 from ehc.sim import netns as netns_mod
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.nft import Nft
@@ -32,8 +33,6 @@ from ehc.sim.store import now_rfc3339
 
 log = logging.getLogger(__name__)
 
-ANNOTATION = "endpoint-health-checker.io/enabled"
-GATE = "endpointHealthCheckSuccess"
 POD_NET4 = "127.64.0.0/10"
 POD_NET6 = "fd00:e4c::/48"
 BLOCK = 1024

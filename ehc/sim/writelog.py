@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ehc.kube.model import GATE, READY
+
 
 @dataclass(slots=True)
 class WriteEntry:
@@ -117,6 +119,20 @@ class WriteLog:
             for e in self.entries
             if e.resource == "pods" and 200 <= e.status < 300 and e.sets_condition(ctype, status)
         ]
+
+    def first_taken_out(self, since: float = 0.0) -> dict[tuple[str, str], float]:
+        """(namespace, name) -> monotonic time of the first client write since ``since`` that took the
+        pod out of service: changed Ready, or the readiness gate, to False.
+
+        By what each write *changed*, not what its body asks for: a checker that sends the whole
+        condition list also "asks" for a Ready=False the pod already had."""
+        out: dict[tuple[str, str], float] = {}
+        for e in self.entries:
+            if e.mono < since or e.actor != "client" or e.resource != "pods" or not 200 <= e.status < 300:
+                continue
+            if e.changes and "False" in (e.changes.get(GATE), e.changes.get(READY)):
+                out.setdefault((e.namespace, e.name), e.mono)
+        return out
 
     def first_marked(self, ctype: str = "Ready", status: str = "False") -> dict[tuple[str, str], float]:
         """(namespace, name) -> monotonic time of the first successful write setting the condition."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 
 import pytest
+from sim_helpers import conditions_are, stop, until
 
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
@@ -31,24 +31,7 @@ async def start_ehc(sim: SimCluster, identity: str, *extra: str) -> asyncio.subp
 
 def marked_unready(sim: SimCluster) -> dict[tuple[str, str], float]:
     """Pods ehc took out of service: a write setting Ready=False or, for gate pods, the gate False."""
-    log = sim.api.write_log
-    return {**log.first_marked("endpointHealthCheckSuccess", "False"), **log.first_marked("Ready", "False")}
-
-
-async def until(predicate, limit: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
-async def stop(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 20)
-
-
-def gate_is(api, pods, status: str, condition: str = "endpointHealthCheckSuccess"):  # type: ignore[no-untyped-def]
-    return lambda: all(api.pod_condition(p.namespace, p.name, condition) == status for p in pods)
+    return sim.api.write_log.first_taken_out()
 
 
 async def test_gate_values_power_off_and_recovery() -> None:
@@ -57,13 +40,13 @@ async def test_gate_values_power_off_and_recovery() -> None:
         targets = fleet.targets()
         gate_pods = [p for p in targets if p.style == "gate"]
         assert gate_pods and any(p.style == "annotation" for p in targets)
-        assert not gate_is(api, gate_pods, "True")()  # new pods: nobody has set the gate yet
+        assert not conditions_are(api, gate_pods, "True")()  # new pods: nobody has set the gate yet
         proc = await start_ehc(sim, "ehc-a")
         try:
             # Every gate pod gets its first value, True, without anything failing; the kubelet
             # (stand-in) then sets them Ready.
-            await until(gate_is(api, gate_pods, "True"))
-            await until(gate_is(api, gate_pods, "True", "Ready"))
+            await until(conditions_are(api, gate_pods, "True"))
+            await until(conditions_are(api, gate_pods, "True", "Ready"))
             assert marked_unready(sim) == {}
 
             victim = "sim-node-000"
@@ -80,7 +63,7 @@ async def test_gate_values_power_off_and_recovery() -> None:
             assert sorted((e.namespace, e.name) for e in writes) == sorted(on_victim)
 
             fleet.recover(victim)
-            await until(gate_is(api, [p for p in fleet.pods_on(victim) if p.style == "gate"], "True"))
+            await until(conditions_are(api, [p for p in fleet.pods_on(victim) if p.style == "gate"], "True"))
         finally:
             assert await stop(proc) == 0
 
@@ -91,12 +74,7 @@ async def test_fail_safe_writes_nothing_when_the_whole_fleet_goes_dark() -> None
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
         proc = await start_ehc(sim, "ehc-a", "--failsafe-min-targets", "5")
         try:
-            await until(
-                lambda: all(
-                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
-                    for p in gate_pods
-                )
-            )
+            await until(conditions_are(api, gate_pods, "True"))
             for node in ("sim-node-000", "sim-node-001", "sim-node-002"):
                 fleet.power_off(node)
             await asyncio.sleep(3.0)  # ten intervals: long enough for every target to be confirmed dead
@@ -116,12 +94,7 @@ async def test_leader_failover_after_kill_9() -> None:
         fleet, api = sim.fleet, sim.api
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
         a = await start_ehc(sim, "ehc-a")
-        await until(
-            lambda: all(
-                api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
-                for p in gate_pods
-            )
-        )
+        await until(conditions_are(api, gate_pods, "True"))
         b = await start_ehc(sim, "ehc-b")
         try:
             await asyncio.sleep(1.0)  # b is a warm standby
@@ -167,7 +140,7 @@ async def test_api_trouble_during_a_power_off_loses_and_duplicates_nothing() -> 
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
         proc = await start_ehc(sim, "ehc-a")
         try:
-            await until(gate_is(api, gate_pods, "True"))
+            await until(conditions_are(api, gate_pods, "True"))
             # The watch drops and, once reconnecting, must relist after a 410; status patches meet
             # a storm of 500s and 429s.
             api.faults.fail(6, 500, verb="PATCH", path=PODS_STATUS)
@@ -199,7 +172,7 @@ async def test_ipv6_pods_and_a_pod_deleted_while_its_patch_is_queued() -> None:
         gate_pods = [p for p in targets if p.style == "gate"]
         proc = await start_ehc(sim, "ehc-a", "--failsafe-min-targets", "1000")
         try:
-            await until(gate_is(api, gate_pods, "True"))
+            await until(conditions_are(api, gate_pods, "True"))
             victim = "sim-node-000"
             doomed = [p for p in fleet.pods_on(victim) if p.opted_in]
             v6 = {(p.namespace, p.name) for p in doomed if p.ipv6}
@@ -223,7 +196,7 @@ async def test_metrics_healthz_and_readyz() -> None:
         gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
         proc = await start_ehc(sim, "ehc-a", "--metrics-address", "127.0.0.1:19090")
         try:
-            await until(gate_is(sim.api, gate_pods, "True"))
+            await until(conditions_are(sim.api, gate_pods, "True"))
             await asyncio.sleep(1.5)  # a stats frame from the worker
 
             async def get(path: str) -> tuple[int, str]:
@@ -267,7 +240,7 @@ async def test_a_closed_port_ejects_only_that_pod() -> None:
         tcp_pods = [p for p in fleet.targets() if p.ports]
         proc = await start_ehc(sim, "ehc-a")
         try:
-            await until(gate_is(api, gate_pods, "True"))
+            await until(conditions_are(api, gate_pods, "True"))
             victim = tcp_pods[0]
             fleet.close_port(victim, victim.ports[0])  # refused at once: the app is down, the node is up
             await until(lambda: (victim.namespace, victim.name) in marked_unready(sim))
