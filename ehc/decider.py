@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.model import GATE, READY, Condition, rfc3339
 from ehc.kube.patcher import Decision
 from ehc.kube.targets import Mode, PodTarget
 from ehc.messages import Health, Transition
@@ -39,10 +39,6 @@ class _Pod:
     health: Health = Health.UNKNOWN
     evidence: Transition | None = None
     ejected: bool = False  # annotation mode: Ready=False seen on the pod during this unhealthy spell
-
-
-def rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class Decider:

@@ -20,14 +20,12 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
+from ehc.kube.model import rfc3339
+
 log = logging.getLogger(__name__)
 
 TYPES = ("Normal", "Warning")
 MAX_MESSAGE = 1024  # the API server rejects longer event messages
-
-
-def _rfc3339(wall: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 @dataclass(slots=True)
@@ -149,8 +147,8 @@ class EventRecorder:
             "reason": ev.reason,
             "message": ev.message[:MAX_MESSAGE],
             "source": source,
-            "firstTimestamp": _rfc3339(ev.first),
-            "lastTimestamp": _rfc3339(ev.last),
+            "firstTimestamp": rfc3339(ev.first),
+            "lastTimestamp": rfc3339(ev.last),
             "count": ev.count,
             "reportingComponent": self.component,
             "reportingInstance": self.host or self.component,

@@ -7,11 +7,18 @@ ignore everything else while decoding.
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 ANNOTATION = "endpoint-health-checker.io/enabled"
 GATE = "endpointHealthCheckSuccess"
 READY = "Ready"
+
+
+def rfc3339(wall: float) -> str:
+    """A Kubernetes ``Time`` (second precision, UTC) for a ``time.time()`` value."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
 
 
 class Condition(msgspec.Struct, omit_defaults=True):
