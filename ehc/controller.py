@@ -23,7 +23,7 @@ from ehc.kube.model import Pod
 from ehc.kube.patcher import Decision, Patcher
 from ehc.kube.targets import PodTarget, current_health, select
 from ehc.kube.watch import PodWatcher
-from ehc.messages import Health, Stats, Transition
+from ehc.messages import Health, Transition
 from ehc.pool import WorkerPool
 from ehc.settings import RunSettings
 
@@ -69,7 +69,6 @@ class Controller:
             failsafe_min_targets=settings.failsafe_min_targets,
         )
         self.watcher = PodWatcher(api, on_snapshot=self._snapshot, on_event=self._event)
-        self.on_stats: Callable[[Stats], None] | None = None
         self.on_patched: Callable[[Decision, str, float], None] | None = None
         self.transitions = 0
 
@@ -115,7 +114,6 @@ class Controller:
             self.settings.workers,
             self.settings.probe,
             on_transition=self._transition,
-            on_stats=self._stats,
             on_suspects=self.decider.suspects,
             env=self._worker_env,
         )
@@ -201,10 +199,6 @@ class Controller:
             extra={"pod": tr.key, "node": target.node, "ip": target.ip, "health": tr.health.name.lower()},
         )  # fmt: skip
         self.decider.transition(tr)
-
-    def _stats(self, stats: Stats) -> None:
-        if self.on_stats is not None:
-            self.on_stats(stats)
 
     def _patched(self, decision: Decision, outcome: str, seconds: float) -> None:
         if outcome == "ok":
