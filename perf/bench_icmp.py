@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehc.probe import OK
 from ehc.probe.icmp import IcmpPinger
+from ehc.probe.tcp import raise_fd_limit
 
 PING_TIMEOUT = 2.0
 
@@ -119,8 +120,8 @@ async def aioping_round(targets: list[str], cap: float) -> Round:
 
 
 async def main(args: argparse.Namespace) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    hard = raise_fd_limit()
     loop = asyncio.get_running_loop()
     pinger = IcmpPinger(loop)
     desc = pinger.open()

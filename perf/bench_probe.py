@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -316,7 +315,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="smaller sweep, about a minute")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args()
-    resource.setrlimit(resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)[1:] * 2)
     result = uvloop.run(main(args))
     if args.json:
         with open(args.json, "w") as f:

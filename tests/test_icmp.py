@@ -10,7 +10,6 @@ namespace they were created in.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
 import json
 import os
@@ -19,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,12 @@ import uvloop
 
 from ehc.probe import FAIL, LOCAL_ERROR, OK
 from ehc.probe.icmp import IcmpPinger
+from ehc.sim import netns as sim_netns
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
 MISSING_TOOLS = [t for t in ("ip", "nft") if shutil.which(t) is None]
 _ns_counter = itertools.count()
-CLONE_NEWNET = 0x40000000
 
 DEAD_V4 = "127.0.0.9"  # echo requests to it are dropped on input: silence
 DEAD_V6 = "fd00::9"
@@ -103,24 +101,7 @@ class IcmpNetNs:
 
     def run(self, body: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``body()`` on a fresh uvloop loop in a thread inside this namespace."""
-        box: dict[str, Any] = {}
-
-        def main() -> None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/var/run/netns/{self.name}") as f:
-                    if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), "setns")
-                box["result"] = uvloop.run(body())
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=main, name=f"netns-{self.name}")
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        return sim_netns.call_in(self.name, lambda: uvloop.run(body()))
 
 
 @pytest.fixture

@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import selectors
 import socket
 import sys
 
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from ehc.probe.tcp import raise_fd_limit
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -43,7 +38,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str]) -> int:
-    _raise_nofile()
+    raise_fd_limit()
     sel = selectors.DefaultSelector()
     socks: dict[tuple[str, int], socket.socket] = {}
 
