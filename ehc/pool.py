@@ -264,10 +264,6 @@ class WorkerPool:
     def __len__(self) -> int:
         return len(self._targets)
 
-    def health(self, key: str) -> Health:
-        """Last health a live worker reported for ``key`` (or the hint it was added with)."""
-        return self._health.get(key, self._targets[key].health)
-
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.alive and p.pid is not None]
 
