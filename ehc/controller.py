@@ -38,7 +38,6 @@ class Controller:
         self._api = api
         self._worker_env = worker_env
         self.targets: dict[str, PodTarget] = {}
-        self._pods: dict[str, Pod] = {}  # last seen version of each target pod
         self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
         self.pool: WorkerPool | None = None
         self.elector = LeaderElector(
@@ -68,7 +67,7 @@ class Controller:
             failsafe_share=settings.failsafe_share,
             failsafe_min_targets=settings.failsafe_min_targets,
         )
-        self.watcher = PodWatcher(api, on_snapshot=self._snapshot, on_event=self._event)
+        self.watcher = PodWatcher(api, on_page=self._page, on_snapshot=self._snapshot, on_event=self._event)
         self.on_patched: Callable[[Decision, str, float], None] | None = None
         self.transitions = 0
 
@@ -121,7 +120,8 @@ class Controller:
             await pool.start()
             self.pool = pool
             pool.upsert(
-                t.probe_target(current_health(self._pods[k], t.mode)) for k, t in self.targets.items()
+                t.probe_target(current_health(self.decider.observed(k), t.mode))
+                for k, t in self.targets.items()
             )
             self.patcher.wake()
             await asyncio.Event().wait()  # until the lease is lost (this task is cancelled)
@@ -135,11 +135,11 @@ class Controller:
 
     # ---- watch → targets ------------------------------------------------------------------------
 
-    def _snapshot(self, pods: list[Pod]) -> None:
-        seen = set()
+    def _page(self, pods: list[Pod]) -> None:
         for pod in pods:
-            seen.add(pod.key)
             self._update(pod)
+
+    def _snapshot(self, seen: set[str]) -> None:
         for key in list(self.targets.keys() - seen):
             self._drop(key)
         for key in list(self._warned.keys() - seen):
@@ -169,15 +169,15 @@ class Controller:
         if target is None:
             self._drop(pod.key)
             return
-        self._pods[pod.key] = pod
         old = self.targets.get(pod.key)
         self.targets[pod.key] = target
-        if self.pool is not None and (old is None or old.ip != target.ip or old.ports != target.ports):
-            self.pool.upsert([target.probe_target(current_health(pod, target.mode))])
         self.decider.observe(target, pod.status.conditions)
+        if self.pool is not None and (old is None or old.ip != target.ip or old.ports != target.ports):
+            self.pool.upsert(
+                [target.probe_target(current_health(self.decider.observed(pod.key), target.mode))]
+            )
 
     def _drop(self, key: str) -> None:
-        self._pods.pop(key, None)
         if self.targets.pop(key, None) is not None:
             if self.pool is not None:
                 self.pool.remove([key])

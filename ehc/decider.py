@@ -76,6 +76,11 @@ class Decider:
             pod.ejected = True
         self._reconcile(pod)
 
+    def observed(self, key: str) -> dict[str, str]:
+        """The Ready and gate statuses the watch last showed for this target pod."""
+        pod = self._pods.get(key)
+        return pod.observed if pod is not None else {}
+
     def forget(self, key: str) -> None:
         """The pod is gone or no longer a target: drop whatever is queued for it, quietly."""
         if self._pods.pop(key, None) is not None:

@@ -80,8 +80,13 @@ class ControllerCollector(Collector):
             "ehc_worker_targets": GaugeMetricFamily("ehc_worker_targets", "Targets per worker and kind", labels=["worker", "kind"]),
             "probes": CounterMetricFamily("ehc_probes", "Probe attempts (per worker process lifetime)", labels=["worker", "kind"]),
             "failures": CounterMetricFamily("ehc_probe_failures", "Failed probe attempts", labels=["worker", "kind"]),
+            "skipped": CounterMetricFamily("ehc_probes_skipped", "Probes not started because the worker fell a whole interval behind", labels=["worker"]),
+            "lag50": GaugeMetricFamily("ehc_schedule_lag_p50_seconds", "Schedule lag p50 over the last stats window", labels=["worker"]),
             "lag": GaugeMetricFamily("ehc_schedule_lag_p99_seconds", "Schedule lag p99 over the last stats window", labels=["worker"]),
             "inflight": GaugeMetricFamily("ehc_probes_in_flight", "Probes in flight", labels=["worker"]),
+            "cpu": CounterMetricFamily("ehc_worker_cpu_seconds", "CPU time of the worker process (per process lifetime)", labels=["worker"]),
+            "rss": GaugeMetricFamily("ehc_worker_resident_memory_bytes", "Resident memory of the worker process", labels=["worker"]),
+            "info": GaugeMetricFamily("ehc_worker_info", "The worker's current process (from its last stats frame)", labels=["worker", "pid"]),
         }  # fmt: skip
         restarts = CounterMetricFamily("ehc_worker_restarts", "Worker processes restarted", labels=["worker"])
         latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -94,8 +99,13 @@ class ControllerCollector(Collector):
             per_worker["probes"].add_metric([label, "icmp"], s.probes_icmp)
             per_worker["failures"].add_metric([label, "tcp"], s.failures_tcp)
             per_worker["failures"].add_metric([label, "icmp"], s.failures_icmp)
+            per_worker["skipped"].add_metric([label], s.skipped_probes)
+            per_worker["lag50"].add_metric([label], s.lag_p50)
             per_worker["lag"].add_metric([label], s.lag_p99)
             per_worker["inflight"].add_metric([label], s.in_flight)
+            per_worker["cpu"].add_metric([label], s.cpu_seconds)
+            per_worker["rss"].add_metric([label], s.rss_bytes)
+            per_worker["info"].add_metric([label, str(s.pid)], 1)
             previous = 0
             for i, cumulative in enumerate(s.latency_buckets):
                 latency_counts[i] += cumulative - previous
@@ -105,6 +115,13 @@ class ControllerCollector(Collector):
             restarts.add_metric([str(w)], n)
         yield from per_worker.values()
         yield restarts
+        frames = CounterMetricFamily("ehc_pipe_frames", "Frames over the worker pipes", labels=["direction"])
+        sent = CounterMetricFamily("ehc_pipe_bytes", "Bytes over the worker pipes", labels=["direction"])
+        for direction in ("in", "out"):
+            frames.add_metric([direction], pool.pipe_frames[direction])
+            sent.add_metric([direction], pool.pipe_bytes[direction])
+        yield frames
+        yield sent
         yield _histogram(
             "ehc_probe_latency_seconds",
             "Successful probe latency",

@@ -73,6 +73,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if not self.alive:
             return
+        self.pool.pipe_bytes["in"] += len(data)
         try:
             messages = self.decoder.feed(data)
         except FrameError as exc:
@@ -84,6 +85,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
     def _deliver(self, messages: list[FromWorker]) -> None:
         if messages:
             self.last_heard = time.monotonic()
+            self.pool.pipe_frames["in"] += len(messages)
         for msg in messages:
             if not self.alive:
                 return
@@ -106,7 +108,10 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         if self.alive and self.transport is not None:
             stdin = self.transport.get_pipe_transport(0)
             if stdin is not None and not stdin.is_closing():
-                stdin.write(self.pool._encoder.encode(message))  # type: ignore[attr-defined]
+                frame = self.pool._encoder.encode(message)
+                stdin.write(frame)  # type: ignore[attr-defined]
+                self.pool.pipe_frames["out"] += 1
+                self.pool.pipe_bytes["out"] += len(frame)
 
     def kill(self) -> None:
         if self.transport is not None and not self.exited.done():
@@ -157,6 +162,9 @@ class WorkerPool:
         self.stats: dict[int, Stats] = {}
         self.icmp_modes: dict[int, str] = {}
         self.dropped_frames = 0
+        # Frames and bytes over the workers' pipes, "in" (from workers) and "out" (to workers).
+        self.pipe_frames = {"in": 0, "out": 0}
+        self.pipe_bytes = {"in": 0, "out": 0}
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

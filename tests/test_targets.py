@@ -121,4 +121,4 @@ def test_garbage_pod_ip_is_a_problem_not_a_target() -> None:
     ],
 )
 def test_current_health_from_conditions(mode: Mode, conditions: list[dict[str, str]], health: Health) -> None:
-    assert current_health(pod(conditions=conditions), mode) == health
+    assert current_health({c["type"]: c["status"] for c in conditions}, mode) == health

@@ -27,16 +27,22 @@ FAST = (0.01, 0.05)  # backoff for tests: retries stay quick, behaviour is the s
 
 
 class Recorder:
-    """A consumer that reconciles like the coordinator does: a snapshot replaces its whole view."""
+    """A consumer that reconciles like the coordinator does: pages update its view, and a snapshot
+    drops whatever the list did not show."""
 
     def __init__(self) -> None:
+        self.pages: list[int] = []  # pods per page, as handed over
         self.snapshots: list[list[str]] = []
         self.events: list[tuple[str, str]] = []
         self.pods: dict[str, Pod] = {}
 
-    def on_snapshot(self, pods: list[Pod]) -> None:
-        self.snapshots.append(sorted(p.key for p in pods))
-        self.pods = {p.key: p for p in pods}
+    def on_page(self, pods: list[Pod]) -> None:
+        self.pages.append(len(pods))
+        self.pods.update((p.key, p) for p in pods)
+
+    def on_snapshot(self, keys: set[str]) -> None:
+        self.snapshots.append(sorted(keys))
+        self.pods = {k: p for k, p in self.pods.items() if k in keys}
 
     def on_event(self, kind: str, pod: Pod) -> None:
         self.events.append((kind, pod.key))
@@ -106,7 +112,7 @@ async def running(watcher: PodWatcher) -> AsyncIterator[asyncio.Task[None]]:
 
 def start(api: client.ApiClient, rec: Recorder, **kw: Any) -> PodWatcher:
     kw.setdefault("backoff", FAST)
-    return PodWatcher(api, on_snapshot=rec.on_snapshot, on_event=rec.on_event, **kw)
+    return PodWatcher(api, on_page=rec.on_page, on_snapshot=rec.on_snapshot, on_event=rec.on_event, **kw)
 
 
 async def test_paginated_snapshot_then_added_modified_deleted(sim: SimCluster, api: client.ApiClient) -> None:
@@ -114,7 +120,7 @@ async def test_paginated_snapshot_then_added_modified_deleted(sim: SimCluster, a
     w = start(api, rec, page_size=3)
     async with running(w) as task:
         await asyncio.wait_for(w.wait_synced(), 10)
-        assert w.synced and w.pages == 4  # 10 pods, 3 per page
+        assert w.synced and w.pages == 4 and rec.pages == [3, 3, 3, 1]  # 10 pods, 3 per page, one by one
         assert rec.snapshots == [sorted(server_versions(sim))] and len(rec.snapshots[0]) == 10
         first = sim.fleet.pods[0]
         sim.api.create_pod(manifest("newcomer"))
@@ -238,7 +244,7 @@ async def test_callbacks_that_raise_do_not_kill_the_watcher(
 ) -> None:
     seen: list[str] = []
 
-    def bad_snapshot(pods: list[Pod]) -> None:
+    def bad_snapshot(keys: set[str]) -> None:
         raise RuntimeError("snapshot consumer is broken")
 
     def flaky_event(kind: str, pod: Pod) -> None:
@@ -246,7 +252,9 @@ async def test_callbacks_that_raise_do_not_kill_the_watcher(
         if len(seen) == 1:
             raise ValueError("event consumer is broken once")
 
-    w = PodWatcher(api, on_snapshot=bad_snapshot, on_event=flaky_event, backoff=FAST)
+    w = PodWatcher(
+        api, on_page=lambda pods: None, on_snapshot=bad_snapshot, on_event=flaky_event, backoff=FAST
+    )
     async with running(w) as task:
         await asyncio.wait_for(w.wait_synced(), 10)
         sim.api.create_pod(manifest("one"))

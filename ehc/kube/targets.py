@@ -12,6 +12,7 @@ means ICMP.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -136,16 +137,16 @@ def select(pod: Pod) -> Selection:
     return Selection(target, "", tuple(problems))
 
 
-def current_health(pod: Pod, mode: Mode) -> Health:
-    """What the pod's conditions already say, so a new leader does not re-announce or re-write it.
+def current_health(conditions: Mapping[str, str], mode: Mode) -> Health:
+    """What the pod's conditions (type -> status) already say, so a new leader does not re-announce or
+    re-write it.
 
     Gate mode: the gate condition (absent means never decided).  Annotation mode: Ready=True means
     healthy; anything else is left unknown (the kubelet may hold it False for its own reasons).
     """
     if mode is Mode.GATE:
-        gate = pod.condition(GATE)
+        gate = conditions.get(GATE)
         if gate is None:
             return Health.UNKNOWN
-        return Health.HEALTHY if gate.status == "True" else Health.UNHEALTHY
-    ready = pod.condition(READY)
-    return Health.HEALTHY if ready is not None and ready.status == "True" else Health.UNKNOWN
+        return Health.HEALTHY if gate == "True" else Health.UNHEALTHY
+    return Health.HEALTHY if conditions.get(READY) == "True" else Health.UNKNOWN

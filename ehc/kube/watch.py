@@ -6,7 +6,7 @@ The HTTP requests go through the real kubernetes_asyncio client (auth, TLS, serv
 
 Life cycle (``PodWatcher.run``)::
 
-    list (paginated) ──on_snapshot──▶ watch from the list's resourceVersion ──on_event──▶ …
+    list (paginated) ──on_page…, on_snapshot──▶ watch from the list's resourceVersion ──on_event──▶ …
       ▲                                 │ server timeout / clean end: watch again from the last version
       └──────── 410 (ERROR event or HTTP) ┘ other errors, garbage: back off, watch again from the last version
 
@@ -99,22 +99,25 @@ def parse_retry_after(value: str | None) -> float | None:
 class PodWatcher:
     """Keeps a consumer in sync with the pods of a cluster (or of one namespace).
 
-    ``on_snapshot(pods)`` receives the full list after every (re)list; pods missing from it are gone.
-    ``on_event(type, pod)`` receives ADDED / MODIFIED / DELETED in order. Both are called on the loop
+    ``on_page(pods)`` receives each page of every (re)list as it arrives, and ``on_snapshot(keys)`` the
+    keys of the whole list once it is complete: pods missing from it are gone.  Pages are handed over
+    one by one, not gathered, so a list of 20,000 pods never holds 20,000 decoded pods at once (they
+    would pin their memory long after).  ``on_event(type, pod)`` receives ADDED / MODIFIED / DELETED in order. Both are called on the loop
     and must not block; an exception they raise is logged and counted, never fatal.
 
     Counters for metrics: ``lists`` (successful full lists), ``pages`` (list pages fetched), ``relists``
     (lists forced by 410), ``watches`` (watch requests opened), ``reconnects`` (retries after a failure
     of any kind: HTTP error, dropped connection, timeout, ERROR event, garbage line), ``garbage_lines``,
     ``events``, ``bookmarks``, ``callback_errors``; ``last_error`` says what went wrong most recently.
-    ``synced`` turns True with the first snapshot (even if ``on_snapshot`` raised) and stays True.
+    ``synced`` turns True with the first snapshot (even if a callback raised) and stays True.
     """
 
     def __init__(
         self,
         api: client.ApiClient,
         *,
-        on_snapshot: Callable[[list[Pod]], None],
+        on_page: Callable[[list[Pod]], None],
+        on_snapshot: Callable[[set[str]], None],
         on_event: Callable[[str, Pod], None],
         namespace: str | None = None,
         label_selector: str | None = None,
@@ -129,6 +132,7 @@ class PodWatcher:
         if watch_timeout < 1:
             raise ValueError(f"watch_timeout must be at least 1 second, not {watch_timeout}")
         self._core = client.CoreV1Api(api)
+        self.on_page = on_page
         self.on_snapshot = on_snapshot
         self.on_event = on_event
         self.namespace = namespace
@@ -253,9 +257,9 @@ class PodWatcher:
         raise HttpError(resp.status, body, parse_retry_after(resp.headers.get("Retry-After")))
 
     async def _list(self) -> None:
-        """The full list, page by page; then the snapshot."""
+        """The full list, page by page (each handed on at once); then the snapshot's keys."""
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.request_timeout)
-        pods: list[Pod] = []
+        keys: set[str] = set()
         rv = ""
         cont: str | None = None
         while True:
@@ -274,11 +278,13 @@ class PodWatcher:
                 page = pod_list_decoder.decode(body)
             except msgspec.DecodeError as exc:
                 raise WatchFailure(f"undecodable pod list ({exc}): {excerpt(body)}") from None
+            del body
             # All pages of a real list share the first page's version (a consistent snapshot). Were a
             # server to answer later pages from newer state, watching from the first page's version
             # replays those changes: harmless, where starting later could lose one.
             rv = rv or page.metadata.resourceVersion
-            pods.extend(page.items)
+            keys.update(pod.key for pod in page.items)
+            self._call(self.on_page, page.items, what=f"page of {len(page.items)} pods")
             cont = page.metadata.continue_
             if not cont:
                 break
@@ -286,14 +292,17 @@ class PodWatcher:
             raise WatchFailure("the pod list carries no resourceVersion")
         self.resource_version = rv
         self.lists += 1
-        log.info("pod list: %d pods at resourceVersion %s", len(pods), rv)
-        try:
-            self.on_snapshot(pods)
-        except Exception:
-            self.callback_errors += 1
-            log.exception("pod watch: the snapshot callback failed (%d pods)", len(pods))
+        log.info("pod list: %d pods at resourceVersion %s", len(keys), rv)
+        self._call(self.on_snapshot, keys, what=f"snapshot of {len(keys)} pods")
         self.synced = True
         self._synced.set()
+
+    def _call(self, callback: Callable[[Any], None], arg: Any, *, what: str) -> None:
+        try:
+            callback(arg)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("pod watch: the callback for a %s failed", what)
 
     async def _watch(self) -> None:
         """One watch request, read to its end; raises on anything but a clean end."""

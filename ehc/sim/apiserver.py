@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -163,6 +164,9 @@ class ApiServer:
         self.faults = Faults()
         self.write_log = WriteLog()
         self.requests = 0
+        # (verb, resource plural, names one object, subresource) -> requests answered, so a harness
+        # can count reads (a GET of one pod) as well as writes.
+        self.request_counts: Counter[tuple[str, str, bool, str]] = Counter()
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._sites: list[web.BaseSite] = []
@@ -336,6 +340,7 @@ class ApiServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         verb, path = request.method, request.path
+        self.request_counts[self._request_key(verb, path)] += 1
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return _json(status_body(401, "Unauthorized"), 401)
         entry: WriteEntry | None = None
@@ -383,6 +388,24 @@ class ApiServer:
         )  # fmt: skip
         self.write_log.append(entry)
         return entry
+
+    def _request_key(self, verb: str, path: str) -> tuple[str, str, bool, str]:
+        try:
+            parsed = self._parse(path)
+        except ApiError:
+            parsed = None
+        if parsed is None:
+            return verb, "", False, ""
+        res, _ns, name, sub = parsed
+        return verb, res.plural, name is not None, sub
+
+    def count_requests(self, verb: str, resource: str, *, named: bool | None = None) -> int:
+        """Requests so far with this verb on this resource (``named``: on one object, or on the collection)."""
+        return sum(
+            n
+            for (v, r, one, _sub), n in self.request_counts.items()
+            if v == verb and r == resource and (named is None or one == named)
+        )
 
     def _parse(self, path: str) -> tuple[Resource, str | None, str | None, str] | None:
         """Map a resource path to (resource, namespace, name, subresource); None if not one."""
