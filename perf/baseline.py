@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -89,6 +90,7 @@ class Options:
     lease_duration: float = 4.0
     renew_deadline: float = 2.0
     retry_period: float = 0.5
+    stats_interval: float = 0.0
     log_level: str = "info"
 
 
@@ -98,7 +100,7 @@ _ENV = {
     "retry_count": "HEALTH_CHECK_RETRY_COUNT",
     "concurrency": "HEALTH_CHECK_CONCURRENCY",
 }
-_DURATIONS = ("interval", "timeout", "lease_duration", "renew_deadline", "retry_period")
+_DURATIONS = ("interval", "timeout", "lease_duration", "renew_deadline", "retry_period", "stats_interval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-period", default="500ms", help="leader-election retry period (default 500ms, as ehc)"
     )
+    p.add_argument(
+        "--stats-interval",
+        default="0s",
+        help="print the counters as one JSON line on stdout this often, for the harness (default 0s: never)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -178,6 +185,8 @@ def parse_options(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         parser.error("retry count must be >= 0")
     if values["concurrency"] < 1:  # type: ignore[operator]
         parser.error("concurrency must be >= 1")
+    if values["stats_interval"] < 0:  # type: ignore[operator]
+        parser.error("stats interval must be >= 0")
     if not 0 < values["retry_period"] < values["renew_deadline"] < values["lease_duration"]:  # type: ignore[operator]
         parser.error("leader election needs 0 < retry period < renew deadline < lease duration")
     return Options(
@@ -276,7 +285,7 @@ class Baseline:
         self._core = CoreV1Api(api)
         self.targets: dict[str, Target] = {}
         self.pods: dict[str, Pod] = {}  # the watch cache (the reference's informer), targets only
-        self.watcher = PodWatcher(api, on_snapshot=self._snapshot, on_event=self._event)
+        self.watcher = PodWatcher(api, on_page=self._page, on_snapshot=self._snapshot, on_event=self._event)
         self.elector = LeaderElector(
             api,
             namespace=opts.namespace,
@@ -300,6 +309,8 @@ class Baseline:
         self.pinger = IcmpPinger(asyncio.get_running_loop())
         self.pinger.open()
         tasks = [asyncio.create_task(self.watcher.run(), name="watch")]
+        if self.opts.stats_interval > 0:
+            tasks.append(asyncio.create_task(self._print_stats(), name="stats"))
         try:
             await self.watcher.wait_synced()
             tasks.append(asyncio.create_task(self.elector.run(), name="elect"))
@@ -317,6 +328,22 @@ class Baseline:
                 "baseline stopped: %d checks, %d attempts, %d GETs, %d PATCHes, %d failed writes",
                 self.checks, self.attempts, self.gets, self.patches, self.write_errors,
             )  # fmt: skip
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "targets": len(self.targets),
+            "leader": int(self.elector.is_leader()),
+            "checks": self.checks,
+            "attempts": self.attempts,
+            "gets": self.gets,
+            "patches": self.patches,
+            "write_errors": self.write_errors,
+        }
+
+    async def _print_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.stats_interval)
+            print(json.dumps(self.counters()), flush=True)
 
     async def _lead(self) -> None:
         """The reference's loop: every interval, enqueue every target not already queued or in progress."""
@@ -359,11 +386,15 @@ class Baseline:
                 busy.discard(key)
 
     # -- watch → targets -------------------------------------------------------------------------
-    def _snapshot(self, pods: list[Pod]) -> None:
-        self.targets.clear()
-        self.pods.clear()
+    def _page(self, pods: list[Pod]) -> None:
         for pod in pods:
             self._update(pod)
+
+    def _snapshot(self, keys: set[str]) -> None:
+        for key in self.targets.keys() - keys:
+            del self.targets[key]
+        for key in self.pods.keys() - keys:
+            del self.pods[key]
 
     def _event(self, kind: str, pod: Pod) -> None:
         if kind == "DELETED":

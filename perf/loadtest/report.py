@@ -1,0 +1,164 @@
+"""Turning scenario runs into the report: medians and spread of repeated runs, ehc / baseline ratios,
+the goals with met or not, and the table printed at the end."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+Figures = dict[str, Any]
+
+GRACE_PERIOD = 40.0  # the node controller's --node-monitor-grace-period default: the line to beat
+
+# (scenario, path to the figure): the figures compared as ehc / baseline.
+RATIOS: tuple[tuple[str, str], ...] = (
+    ("steady_state", "cpu_seconds_per_1000_probes.total"),
+    ("steady_state", "rss_mb.coordinator"),
+    ("power_off_1_node", "detection_seconds.p50"),
+    ("power_off_1_node", "detection_seconds.max"),
+    ("power_off_1_node", "writes_per_transition"),
+    ("power_off_10pct_nodes", "detection_seconds.max"),
+    ("leader_failover", "last_pod_written_seconds"),
+)
+
+
+def get(figures: Figures | None, path: str) -> Any:
+    value: Any = figures
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def summarize(runs: list[Figures]) -> tuple[Figures, Figures]:
+    """(medians, spread): numeric leaves become their median over the runs and [min, max] in
+    ``spread``; ``samples`` lists are pooled; anything else is taken from the first run."""
+    medians: Figures = {}
+    spread: Figures = {}
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(first, dict):
+            m, s = summarize([v for v in values if isinstance(v, dict)])
+            medians[key] = m
+            if s:
+                spread[key] = s
+        elif key == "samples":
+            medians[key] = sorted(x for v in values for x in v or [])
+        elif isinstance(first, bool) or not isinstance(first, int | float):
+            medians[key] = first
+        else:
+            nums = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+            if not nums:
+                medians[key] = None
+                continue
+            med = statistics.median(nums)
+            medians[key] = round(med, 4) if isinstance(med, float) else med
+            if len(runs) > 1:
+                spread[key] = [min(nums), max(nums)]
+    return medians, spread
+
+
+def ratios(scenarios: dict[str, Figures]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, path in RATIOS:
+        entry = scenarios.get(name) or {}
+        a, b = get(entry.get("ehc"), path), get(entry.get("baseline"), path)
+        if isinstance(a, int | float) and isinstance(b, int | float) and b:
+            out[f"{name}.{path}"] = round(a / b, 4)
+    return out
+
+
+def goals(report: Figures) -> list[Figures]:
+    """The issue's targets with ehc's defaults, each with its measured value and whether it is met."""
+    sc = report["scenarios"]
+    out: list[Figures] = []
+
+    def add(goal: str, value: Any, met: bool | None) -> None:
+        out.append({"goal": goal, "value": value, "met": met})
+
+    power = get(sc.get("power_off_1_node"), "ehc.detection_seconds.max")
+    if power is not None:
+        add("node power-off: last pod NotReady <= 3 s (max)", power, power <= 3.0)
+    loss = get(sc.get("loss_2pct"), "ehc")
+    if loss:
+        long_enough = loss["seconds"] >= 300
+        add("0 false ejections at 2% loss over >= 5 min", f"{loss['false_ejections']} in {loss['seconds']:.0f}s",
+            loss["false_ejections"] == 0 if long_enough else None)  # fmt: skip
+    cap = sc.get("capacity")
+    if cap:
+        add("capacity >= 70% of a bare uvloop connect loop", cap["one_worker_vs_bare_rate"],
+            cap["one_worker_vs_bare_rate"] >= 0.70)  # fmt: skip
+    wpt = get(sc.get("power_off_1_node"), "ehc.writes_per_transition")
+    if wpt is not None:
+        add("exactly 1 API write per transition", wpt, wpt == 1.0)
+    flap = get(sc.get("flapping"), "ehc")
+    if flap:
+        brief = flap["brief_outages"]["writes"]
+        per_change = flap["long_outages"]["writes_per_change"]
+        add("0 writes for reverted flaps; 1 per change otherwise", f"{brief} / {per_change}",
+            brief == 0 and per_change in (1.0, None))  # fmt: skip
+    trouble = get(sc.get("api_trouble"), "ehc")
+    if trouble:
+        bad = trouble["lost"] + trouble["duplicated_writes"] + trouble["order_violations"]
+        add("nothing lost, duplicated or reordered under API trouble",
+            f"lost {trouble['lost']}, duplicated {trouble['duplicated_writes']}, out of order {trouble['order_violations']}",
+            bad == 0)  # fmt: skip
+    rss = get(sc.get("scale"), "rss_bytes_per_target")
+    if rss and rss.get("coordinator") is not None:
+        worst = max(v for v in rss.values() if v is not None)
+        add("RSS <= 1 KB per target per process beyond its baseline", rss, worst <= 1024)
+    crash = get(sc.get("worker_crash"), "ehc")
+    if crash:
+        add("worker crash: 0 false transitions", crash["false_transitions"], crash["false_transitions"] == 0)
+    return out
+
+
+def table(report: Figures) -> str:
+    """The headline figures, ehc next to the baseline."""
+    sc = report["scenarios"]
+    rows: list[tuple[str, Any, Any]] = []
+
+    def row(label: str, scenario: str, path: str, unit: str = "") -> None:
+        e = get(sc.get(scenario), f"ehc.{path}")
+        b = get(sc.get(scenario), f"baseline.{path}")
+        if e is None and b is None:
+            return
+        rows.append((label, _fmt(e, unit), _fmt(b, unit)))
+
+    row("steady: probes/s done / scheduled", "steady_state", "done_ratio")
+    row("steady: CPU s per 1,000 probes", "steady_state", "cpu_seconds_per_1000_probes.total")
+    row("steady: coordinator RSS", "steady_state", "rss_mb.coordinator", " MB")
+    row("steady: API writes", "steady_state", "api_writes")
+    row("1 node off: detection p50", "power_off_1_node", "detection_seconds.p50", " s")
+    row("1 node off: detection max", "power_off_1_node", "detection_seconds.max", " s")
+    row("1 node off: not detected within cap", "power_off_1_node", "not_detected_within_cap")
+    row("1 node off: writes per transition", "power_off_1_node", "writes_per_transition")
+    row("1 node off: pod GETs per transition", "power_off_1_node", "pod_reads_per_transition")
+    row("10% nodes off: detection max", "power_off_10pct_nodes", "detection_seconds.max", " s")
+    row("10% nodes off: not detected within cap", "power_off_10pct_nodes", "not_detected_within_cap")
+    for name in sorted(k for k in sc if k.startswith("loss_")):
+        row(f"{name}: false ejections", name, "false_ejections")
+        row(f"{name}: detection max", name, "detection_seconds.max", " s")
+    row("flapping: writes for brief outages", "flapping", "brief_outages.writes")
+    row("flapping: writes per change", "flapping", "long_outages.writes_per_change")
+    row("API trouble: lost / duplicated", "api_trouble", "lost")
+    row("API trouble: out of order", "api_trouble", "order_violations")
+    row("failover: standby took the lease", "leader_failover", "standby_took_lease_seconds", " s")
+    row("failover: last pod written", "leader_failover", "last_pod_written_seconds", " s")
+    row("worker crash: respawn", "worker_crash", "respawn_seconds", " s")
+    row("worker crash: false transitions", "worker_crash", "false_transitions")
+    width = max((len(r[0]) for r in rows), default=10)
+    lines = [f"  {'':<{width}}  {'ehc':>12}  {'baseline':>12}"]
+    lines += [f"  {label:<{width}}  {e:>12}  {b:>12}" for label, e, b in rows]
+    lines.append(f"  {'Kubernetes alone (node-monitor grace period)':<{width}}  {GRACE_PERIOD:>11.0f}s")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}{unit}"
+    return f"{value}{unit}"

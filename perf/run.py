@@ -1,0 +1,354 @@
+"""Load test: ehc and the reference-design baseline against thousands of simulated pods, side by side.
+
+    .venv/bin/python perf/run.py                  # everything, by hand (about an hour; as root)
+    .venv/bin/python perf/run.py --quick          # a small fleet, short phases, under 2 minutes (CI)
+    .venv/bin/python perf/run.py --scenarios power_off_1_node api_trouble --repeat 3 --json out.json
+
+Each scenario starts a fresh simulated cluster (default 5,000 pods on 50 nodes), runs the real
+``ehc run`` (or ``perf/baseline.py``) inside its network namespace, breaks something, and measures
+what the API server's write log and ``/proc`` saw.  Figures of repeated runs are reported as medians
+with their spread.  The report goes to ``--json`` (default ``perf/out/report.json``) and the plot to
+``--plot`` (default ``perf/out/detection.png``); the table and the goals are printed at the end.
+See ``perf/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from loadtest import report, scenarios
+from loadtest.checkers import CheckerSpec
+from loadtest.scenarios import Figures, Options
+
+from ehc.config import parse_duration
+from ehc.sim import netns as sim_netns
+
+HERE = Path(__file__).resolve().parent
+
+# The Helm chart's detection profiles (deploy/helm: values.yaml), as ``ehc run`` flags.
+PROFILES: dict[str, dict[str, str]] = {
+    "fast": {"interval": "500ms", "timeout": "250ms", "retry-count": "3", "confirm-spacing": "50ms", "recovery-threshold": "2"},
+    "balanced": {"interval": "1s", "timeout": "500ms", "retry-count": "5", "confirm-spacing": "50ms", "recovery-threshold": "2"},
+    "tolerant": {"interval": "2s", "timeout": "1s", "retry-count": "7", "confirm-spacing": "100ms", "recovery-threshold": "3"},
+}  # fmt: skip
+
+SCENARIOS = (
+    "steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss", "flapping", "api_trouble",
+    "leader_failover", "worker_crash", "scale", "capacity",
+)  # fmt: skip
+BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss", "flapping",
+                "api_trouble", "leader_failover", "scale"}  # fmt: skip
+QUICK_BASELINE = {"steady_state", "power_off_1_node"}  # in --quick, the baseline's slowness costs minutes
+
+
+@dataclass
+class Step:
+    scenario: str  # key in the report
+    checker: str  # "ehc" | "baseline" | "" (the step compares both itself)
+    run: Callable[[], Awaitable[Any]]
+    seconds: float  # rough duration, for the progress bar
+
+
+def ehc_spec(profile: str, workers: int) -> CheckerSpec:
+    flags = tuple(x for k, v in PROFILES[profile].items() for x in (f"--{k}", v))
+    return CheckerSpec("ehc", flags, workers, parse_duration(PROFILES[profile]["interval"]))
+
+
+def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
+    ehc = ehc_spec(args.profile, args.workers)
+    baseline = CheckerSpec("baseline")
+    with_baseline = not args.no_baseline
+    steps: list[Step] = []
+
+    def add(
+        name: str, fn: Callable[..., Awaitable[Figures]], est: float, base_est: float, *extra: Any
+    ) -> None:
+        """``repeat`` runs of ``fn(opts, spec, tag, *extra)`` for ehc, then for the baseline."""
+        checkers = [(ehc, est)]
+        if with_baseline and (not args.quick or name in QUICK_BASELINE):
+            checkers.append((baseline, base_est))
+        for spec, seconds in checkers:
+            steps.extend(
+                Step(name, spec.kind, partial(fn, opts, spec, f"{name}-{i}", *extra), seconds)
+                for i in range(args.repeat)
+            )
+
+    warm = 8.0
+    for name in args.scenarios:
+        if name == "steady_state":
+            add(name, scenarios.steady, warm + opts.steady_seconds, warm + opts.steady_seconds)
+        elif name == "power_off_1_node":
+            add(name, scenarios.power_off_scenario, warm + 5, warm + min(opts.cap, 80), 0.0)
+        elif name == "power_off_10pct_nodes":
+            add(name, scenarios.power_off_scenario, warm + 8, warm + opts.cap, 0.1)
+        elif name == "loss":
+            for percent, seconds in opts.loss:
+                add(f"loss_{percent}pct", scenarios.loss_scenario, warm + seconds + 5, warm + seconds + 25,
+                    percent, seconds)  # fmt: skip
+        elif name == "flapping":
+            est = warm + opts.flap_rounds * 0.65 + opts.flap_cycles * 8 + 5
+            add(name, scenarios.flapping, est, est)
+        elif name == "api_trouble":
+            add(
+                name,
+                scenarios.api_trouble,
+                warm + opts.trouble_seconds + 10,
+                warm + opts.trouble_seconds + 30,
+            )
+        elif name == "leader_failover":
+            add(name, scenarios.failover, warm + 10, warm + 30)
+        elif name == "worker_crash":  # ehc only: the baseline has no workers
+            crash = ehc_spec(args.profile, max(2, args.workers))
+            steps.extend(
+                Step(name, "ehc", partial(scenarios.worker_crash, opts, crash, f"{name}-{i}"), warm + 8)
+                for i in range(args.repeat)
+            )
+        elif name == "scale":
+            for pods in opts.scale_sizes:
+                specs = [ehc_spec(args.profile, w) for w in opts.scale_workers]
+                if with_baseline and not args.quick:
+                    specs.append(baseline)
+                steps.extend(
+                    Step(name, spec.kind, partial(scenarios.scale_point, opts, spec, f"scale-{pods}", pods),
+                         warm + pods / 2000 + opts.scale_seconds)
+                    for spec in specs
+                )  # fmt: skip
+        elif name == "capacity":
+            steps.append(Step(name, "", partial(capacity, args), 300))
+    return steps
+
+
+async def capacity(args: argparse.Namespace) -> Figures:
+    """ehc's probe capacity at a 1 s interval with 1, 2 and 4 workers, against a bare uvloop connect
+    loop measured in the same run (``bench_probe``'s method: synthetic targets, no API server)."""
+    import bench_probe
+
+    from ehc.config import ProbeSettings
+    from ehc.probe.tcp import raise_fd_limit
+
+    raise_fd_limit()
+    listener = bench_probe.endpoint()
+    port = listener.getsockname()[1]
+    settings = ProbeSettings(interval=1.0, timeout=0.5, retry_count=5)
+    try:
+        bare = [bench_probe.run_bare(port, 20_000, 4.0, 256) for _ in range(3)]
+        bare_rate = statistics.median(b["rate"] for b in bare)
+        by_workers: dict[str, Figures] = {}
+        for w in (1, 2, 4):
+            best, _runs = await bench_probe.capacity(port, w, 10_000 * w, 5_000 * w, settings, quick=False)
+            by_workers[str(w)] = asdict(best) if best else {}
+    finally:
+        listener.close()
+    one = by_workers["1"].get("done_rate", 0.0)
+    return {
+        "bare_loop_probes_per_second": round(bare_rate),
+        "bare_loop_runs": [round(b["rate"]) for b in bare],
+        "bare_loop_cpu_us_per_probe": round(statistics.median(b["cpu_us_per_probe"] for b in bare), 2),
+        "capacity_targets_by_workers": {w: r.get("targets") for w, r in by_workers.items()},
+        "capacity_probes_per_second_by_workers": {
+            w: round(r.get("done_rate", 0)) for w, r in by_workers.items()
+        },
+        "cpu_us_per_probe_by_workers": {
+            w: round(r.get("cpu_us_per_probe", 0), 2) for w, r in by_workers.items()
+        },
+        "one_worker_vs_bare_rate": round(one / bare_rate, 3),
+        "cpus": os.cpu_count(),
+    }
+
+
+class Progress:
+    """One line per step on stderr, a bar when stderr is a terminal (tqdm)."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=round(sum(s.seconds for s in steps)), unit="s", file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", disable=None)  # fmt: skip
+        self.done = 0.0
+
+    def step(self, i: int, n: int, step: Step) -> None:
+        self.bar.set_description(f"[{i}/{n}] {step.scenario} {step.checker}".strip())
+        if self.bar.disable:
+            print(
+                f"[{time.strftime('%H:%M:%S')}] [{i}/{n}] {step.scenario} {step.checker}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text, refresh=True)
+
+    def finished(self, step: Step) -> None:
+        self.bar.update(round(step.seconds))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+async def execute(args: argparse.Namespace, opts: Options) -> Figures:
+    steps = plan(args, opts)
+    progress = Progress(steps)
+    opts.progress = progress.note
+    runs: dict[str, dict[str, list[Any]]] = {}
+    errors: list[str] = []
+    started = time.monotonic()
+    try:
+        for i, step in enumerate(steps, 1):
+            progress.step(i, len(steps), step)
+            try:
+                result = await step.run()
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                errors.append(f"{step.scenario} {step.checker}: {exc}")
+                print(f"  {step.scenario} {step.checker}: failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            finally:
+                progress.finished(step)
+            runs.setdefault(step.scenario, {}).setdefault(step.checker, []).append(result)
+    finally:
+        progress.close()
+    return build_report(args, opts, runs, errors, time.monotonic() - started)
+
+
+def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[str, list[Any]]],
+                 errors: list[str], seconds: float) -> Figures:  # fmt: skip
+    out: dict[str, Figures] = {}
+    for name, by_checker in runs.items():
+        if name == "capacity":
+            out[name] = by_checker[""][0]
+        elif name == "scale":
+            out[name] = {k: v for k, v in by_checker.items()}
+            out[name]["rss_bytes_per_target"] = scenarios.rss_slope(
+                [p for p in by_checker.get("ehc", []) if p["workers"] == 1]
+            )
+        else:
+            entry: Figures = {}
+            for checker, results in by_checker.items():
+                entry[checker], spread = report.summarize(results)
+                if spread:
+                    entry[f"{checker}_spread"] = spread
+                entry[f"{checker}_runs"] = len(results)
+            out[name] = entry
+    rep: Figures = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                    "processor": platform.processor() or platform.machine()},
+        "command": " ".join(["perf/run.py", *sys.argv[1:]]),
+        "quick": args.quick,
+        "profile": args.profile,
+        "profile_settings": PROFILES[args.profile],
+        "workers": args.workers,
+        "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
+        "repeat": args.repeat,
+        "wall_seconds": round(seconds, 1),
+        "node_monitor_grace_period_seconds": report.GRACE_PERIOD,
+        "scenarios": out,
+        "errors": errors,
+    }  # fmt: skip
+    rep["ehc_over_baseline"] = report.ratios(out)
+    rep["goals"] = report.goals(rep)
+    return rep
+
+
+def options(args: argparse.Namespace) -> Options:
+    if args.quick:
+        opts = Options(nodes=50, pods_per_node=20, steady_seconds=5, loss=((2, 15.0),), trouble_seconds=6,
+                       cap=25, scale_sizes=(500, 2_000), scale_workers=(1, 2), scale_seconds=3,
+                       flap_rounds=6, flap_cycles=1)  # fmt: skip
+    else:
+        opts = Options(nodes=args.nodes, pods_per_node=args.pods_per_node, steady_seconds=args.steady_seconds,
+                       loss=((2, args.loss_seconds), (5, args.loss_seconds / 2)), cap=args.cap)  # fmt: skip
+    opts.log_dir = Path(args.json).resolve().parent / "logs"
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See perf/README.md.")
+    p.add_argument(
+        "--quick", action="store_true", help="1,000 pods, short phases, ehc-only long scenarios: < 2 min"
+    )
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=SCENARIOS,
+        default=None,
+        metavar="NAME",
+        help=f"which scenarios (default: all but capacity in --quick). One of: {', '.join(SCENARIOS)}",
+    )
+    p.add_argument("--nodes", type=int, default=50, help="simulated nodes (default 50)")
+    p.add_argument("--pods-per-node", type=int, default=100, help="pods per node (default 100; 70%% opt in)")
+    p.add_argument("--workers", type=int, default=1, help="ehc worker processes (default 1)")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="balanced",
+        help="ehc detection profile (default balanced: ehc's defaults)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs of each scenario; figures are medians (default 1)"
+    )
+    p.add_argument(
+        "--steady-seconds", type=float, default=30.0, help="steady-state measuring window (default 30)"
+    )
+    p.add_argument(
+        "--loss-seconds",
+        type=float,
+        default=300.0,
+        help="duration of 2%% loss; 5%% runs half as long (default 300)",
+    )
+    p.add_argument(
+        "--cap",
+        type=float,
+        default=150.0,
+        help="stop waiting for detections after this many seconds (default 150)",
+    )
+    p.add_argument("--no-baseline", action="store_true", help="ehc only")
+    p.add_argument(
+        "--json", default=str(HERE / "out" / "report.json"), help="report file (default perf/out/report.json)"
+    )
+    p.add_argument(
+        "--plot",
+        default=str(HERE / "out" / "detection.png"),
+        help="plot file (default perf/out/detection.png; '' for none)",
+    )
+    args = p.parse_args(argv)  # fmt: skip
+    if args.scenarios is None:
+        args.scenarios = [s for s in SCENARIOS if not (args.quick and s == "capacity")]
+    ok, why = sim_netns.available()
+    if not ok:
+        print(f"perf/run.py needs a private network namespace (root and nftables) to drop packets: {why}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    opts = options(args)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    import uvloop
+
+    rep = uvloop.run(execute(args, opts))
+    with open(args.json, "w") as f:
+        json.dump(rep, f, indent=2)
+    if args.plot:
+        from loadtest.plot import plot
+
+        plot(rep, args.plot)
+    print(report.table(rep))
+    print()
+    for g in rep["goals"]:
+        mark = {True: "met", False: "NOT met", None: "not measured (run too short)"}[g["met"]]
+        print(f"  goal: {g['goal']}: {g['value']} -> {mark}")
+    for e in rep["errors"]:
+        print(f"  error: {e}")
+    print(f"\nreport: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 1 if rep["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
