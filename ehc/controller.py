@@ -169,13 +169,12 @@ class Controller:
         if target is None:
             self._drop(pod.key)
             return
-        old = self.targets.get(pod.key)
-        self.targets[pod.key] = target
+        key = target.key  # one string for the key everywhere (dicts here, in the decider and the pool)
+        old = self.targets.get(key)
+        self.targets[key] = target
         self.decider.observe(target, pod.status.conditions)
         if self.pool is not None and (old is None or old.ip != target.ip or old.ports != target.ports):
-            self.pool.upsert(
-                [target.probe_target(current_health(self.decider.observed(pod.key), target.mode))]
-            )
+            self.pool.upsert([target.probe_target(current_health(self.decider.observed(key), target.mode))])
 
     def _drop(self, key: str) -> None:
         if self.targets.pop(key, None) is not None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ehc.kube.model import GATE, READY, Condition, rfc3339
 from ehc.kube.patcher import Decision
@@ -32,10 +33,26 @@ REASON_UNHEALTHY = "EndpointUnhealthy"
 REASON_HEALTHY = "EndpointHealthy"
 
 
-@dataclass
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+_OBSERVED: dict[tuple[tuple[str, str], ...], Mapping[str, str]] = {}
+
+
+def _observed(conditions: list[Condition]) -> Mapping[str, str]:
+    """The Ready and gate statuses, as one shared read-only mapping per combination: tens of thousands
+    of pods share a handful of them instead of a dict each."""
+    items = tuple(sorted((c.type, c.status) for c in conditions if c.type in (READY, GATE)))
+    shared = _OBSERVED.get(items)
+    if shared is None:
+        shared = _OBSERVED[items] = MappingProxyType(dict(items))
+    return shared
+
+
+@dataclass(slots=True)
 class _Pod:
     target: PodTarget
-    observed: dict[str, str] = field(default_factory=dict)  # condition type → status, as last watched
+    observed: Mapping[str, str] = field(
+        default_factory=lambda: _NOTHING
+    )  # condition type → status, as last watched
     health: Health = Health.UNKNOWN
     evidence: Transition | None = None
     ejected: bool = False  # annotation mode: Ready=False seen on the pod during this unhealthy spell
@@ -71,15 +88,15 @@ class Decider:
             pod = self._pods[target.key] = _Pod(target)
             self._unhealthy.discard(target.key)
         pod.target = target
-        pod.observed = {c.type: c.status for c in conditions if c.type in (READY, GATE)}
+        pod.observed = _observed(conditions)
         if pod.health == Health.UNHEALTHY and pod.observed.get(READY) == "False":
             pod.ejected = True
         self._reconcile(pod)
 
-    def observed(self, key: str) -> dict[str, str]:
+    def observed(self, key: str) -> Mapping[str, str]:
         """The Ready and gate statuses the watch last showed for this target pod."""
         pod = self._pods.get(key)
-        return pod.observed if pod is not None else {}
+        return pod.observed if pod is not None else _NOTHING
 
     def forget(self, key: str) -> None:
         """The pod is gone or no longer a target: drop whatever is queued for it, quietly."""
@@ -95,7 +112,8 @@ class Decider:
         if pod is None:
             return
         pod.health = tr.health
-        pod.evidence = tr
+        # Kept only while unhealthy (a held ejection is written later); otherwise used once, now.
+        pod.evidence = tr if tr.health == Health.UNHEALTHY else None
         pod.ejected = False
         if tr.health == Health.UNHEALTHY:
             self._unhealthy.add(tr.key)
@@ -103,7 +121,7 @@ class Decider:
             self._unhealthy.discard(tr.key)
         if self._check_failsafe():
             return  # re-evaluated every pod already
-        self._reconcile(pod)
+        self._reconcile(pod, tr)
 
     def suspects(self, worker: int, count: int) -> None:
         """A worker's count of targets with an open failure episode."""
@@ -121,7 +139,7 @@ class Decider:
             return {GATE: "True"}  # Ready follows from the gate; the kubelet sets it
         return {}
 
-    def _reconcile(self, pod: _Pod) -> None:
+    def _reconcile(self, pod: _Pod, evidence: Transition | None = None) -> None:
         want = self.desired(pod)
         changes = {t: s for t, s in want.items() if pod.observed.get(t) != s}
         if pod.target.mode is Mode.ANNOTATION and (pod.ejected or pod.observed.get(READY) != "True"):
@@ -132,7 +150,7 @@ class Decider:
             self._cancel(pod.target.key)
             return
         now = time.time()
-        tr = pod.evidence
+        tr = evidence or pod.evidence
         healthy = pod.health == Health.HEALTHY
         reason = REASON_HEALTHY if healthy else REASON_UNHEALTHY
         message = _message(pod.target, tr, healthy)

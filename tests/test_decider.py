@@ -30,7 +30,7 @@ class Sink:
 
 
 def target(i: int = 0, mode: Mode = Mode.GATE) -> PodTarget:
-    return PodTarget(f"ns/p{i}", "ns", f"p{i}", f"u{i}", "node-a", f"10.0.0.{i + 1}", (8080,), mode)
+    return PodTarget(f"ns/p{i}", "ns", f"u{i}", "node-a", f"10.0.0.{i + 1}", (8080,), mode)
 
 
 def tr(i: int, health: Health) -> Transition:

@@ -12,6 +12,7 @@ means ICMP.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -29,14 +30,17 @@ class Mode(Enum):
 class PodTarget:
     """A pod to probe, with what the rest of the pipeline needs to know about it."""
 
-    key: str
+    key: str  # namespace/name
     namespace: str
-    name: str
     uid: str
     node: str
     ip: str
     ports: tuple[int, ...]
     mode: Mode
+
+    @property
+    def name(self) -> str:
+        return self.key[len(self.namespace) + 1 :]  # not stored: tens of thousands of targets
 
     @property
     def kind(self) -> str:
@@ -133,7 +137,9 @@ def select(pod: Pod) -> Selection:
         return Selection(None, problem, (problem,))
     ports, problems = probe_ports(pod)
     m = pod.metadata
-    target = PodTarget(pod.key, m.namespace, m.name, m.uid, pod.spec.nodeName or "", ip, ports, mode)
+    # Namespaces and node names repeat across thousands of pods: one string each, not one per pod.
+    namespace, node = sys.intern(m.namespace), sys.intern(pod.spec.nodeName or "")
+    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, ip, ports, mode)
     return Selection(target, "", tuple(problems))
 
 

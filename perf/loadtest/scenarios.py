@@ -91,7 +91,7 @@ async def warm_up(sim: SimCluster, reps: list[Replica], opts: Options) -> Replic
                 )
             s = await r.snapshot()
             if s.leader and s.targets == expected and ready(r, s, expected):
-                await asyncio.sleep(2 * r.spec.interval)  # a couple of rounds of steady state
+                await asyncio.sleep(r.spec.interval)  # a round of steady state
                 return r
         if time.monotonic() > deadline:
             raise TimeoutError(
