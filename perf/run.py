@@ -259,6 +259,19 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
     return rep
 
 
+def merge(paths: list[str]) -> Figures:
+    """One report from several runs' reports (say, the long loss scenario run on its own)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    rep = dict(reports[0])
+    rep["command"] = [r["command"] for r in reports]
+    rep["wall_seconds"] = round(sum(r["wall_seconds"] for r in reports), 1)
+    rep["scenarios"] = {k: v for r in reports for k, v in r["scenarios"].items()}
+    rep["errors"] = [e for r in reports for e in r["errors"]]
+    rep["ehc_over_baseline"] = report.ratios(rep["scenarios"])
+    rep["goals"] = report.goals(rep)
+    return rep
+
+
 def options(args: argparse.Namespace) -> Options:
     if args.quick:  # 1,000 pods, 7 opted in per node: the baseline finds a dead node's pods in one round
         opts = Options(nodes=100, pods_per_node=10, steady_seconds=4, loss=((2, 8.0),), trouble_seconds=6,
@@ -327,9 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         default=str(HERE / "out" / "detection.png"),
         help="plot file (default perf/out/detection.png; '' for none)",
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT",
+        help="combine earlier reports into --json and --plot; run nothing",
+    )
     args = p.parse_args(argv)  # fmt: skip
     if args.scenarios is None:
         args.scenarios = [s for s in SCENARIOS if not (args.quick and s == "capacity")]
+    if args.merge:
+        return finish(args, merge(args.merge))
     ok, why = sim_netns.available()
     if not ok:
         print(f"perf/run.py needs a private network namespace (root and nftables) to drop packets: {why}",
@@ -339,7 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     import uvloop
 
-    rep = uvloop.run(execute(args, opts))
+    return finish(args, uvloop.run(execute(args, opts)))
+
+
+def finish(args: argparse.Namespace, rep: Figures) -> int:
+    """Write the report and the plot; print the table and the goals."""
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(rep, f, indent=2)
     if args.plot:

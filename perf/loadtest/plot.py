@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from loadtest.report import GRACE_PERIOD
 
@@ -36,6 +37,12 @@ def plot(report: dict[str, Any], path: str) -> None:
             ax.step(sorted(samples), ys, style, where="post", color=f"C{i}", label=f"{checker}: {label}")
     ax.axvline(GRACE_PERIOD, color="black", linestyle=":", label="Kubernetes alone (40 s grace period)")
     ax.set_xscale("log")
+    ticks = [
+        t for t in (0.5, 1, 2, 3, 5, 10, 20, 40, 100, 200, 400) if t <= max(GRACE_PERIOD, _longest(sc)) * 1.5
+    ]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("seconds from the fault to the pod written NotReady")
     ax.set_ylabel("fraction of the failed pods")
     ax.set_title("Detection latency (CDF)")
@@ -62,3 +69,10 @@ def plot(report: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _longest(sc: dict[str, Any]) -> float:
+    return max(
+        (max(((sc.get(n) or {}).get(c) or {}).get("samples") or [0]) for n in LABELS for c in STYLE),
+        default=0.0,
+    )

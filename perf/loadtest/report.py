@@ -153,7 +153,36 @@ def table(report: Figures) -> str:
     lines = [f"  {'':<{width}}  {'ehc':>12}  {'baseline':>12}"]
     lines += [f"  {label:<{width}}  {e:>12}  {b:>12}" for label, e, b in rows]
     lines.append(f"  {'Kubernetes alone (node-monitor grace period)':<{width}}  {GRACE_PERIOD:>11.0f}s")
+    lines += _scale_table(sc.get("scale") or {})
+    cap = sc.get("capacity")
+    if cap:
+        by = cap["capacity_targets_by_workers"]
+        lines.append(
+            f"  capacity at a 1 s interval: {', '.join(f'{w} worker(s) {n} targets' for w, n in by.items())}; "
+            f"1 worker = {cap['one_worker_vs_bare_rate']:.2f} x the bare loop's {cap['bare_loop_probes_per_second']} probes/s"
+        )
     return "\n".join(lines)
+
+
+def _scale_table(scale: Figures) -> list[str]:
+    points = [(c, p) for c in ("ehc", "baseline") for p in scale.get(c) or []]
+    if not points:
+        return []
+    out = [
+        "",
+        "  scale      pods  workers  done    lag p99  CPU %coord  CPU %workers  CPU s/1k probes  RSS MB coord / workers",
+    ]
+    for checker, p in points:
+        lag = (p.get("schedule_lag_ms") or {}).get("p99_max")
+        out.append(
+            f"  {checker:<8} {p['pods']:>6}  {p['workers'] or '-':>7}  {p['done_ratio']:5.3f}  "
+            f"{_fmt(lag, ' ms'):>8}  {p['cpu_percent']['coordinator']:>10}  {p['cpu_percent']['workers']:>12}  "
+            f"{p['cpu_seconds_per_1000_probes']['total']:>15}  {p['rss_mb']['coordinator']} / {p['rss_mb']['workers']}"
+        )
+    rss = scale.get("rss_bytes_per_target") or {}
+    out.append(f"  RSS per extra target (slope over the sizes, 1 worker): coordinator {rss.get('coordinator')} B, "
+               f"worker {rss.get('worker')} B")  # fmt: skip
+    return out
 
 
 def _fmt(value: Any, unit: str) -> str:
