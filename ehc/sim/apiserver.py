@@ -132,6 +132,16 @@ def _condition_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[
     return {t: s for t, s in after.items() if before.get(t) != s}
 
 
+_Parts = tuple[Resource, str | None, str | None, str]  # resource, namespace, name, subresource
+
+
+def _request_key(verb: str, parts: _Parts | None) -> tuple[str, str, bool, str]:
+    if parts is None:
+        return verb, "", False, ""
+    res, _ns, name, sub = parts
+    return verb, res.plural, name is not None, sub
+
+
 class ApiServer:
     """The simulated API server. ``await start()``, then point a kubeconfig at ``url``."""
 
@@ -340,14 +350,15 @@ class ApiServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         verb, path = request.method, request.path
-        self.request_counts[self._request_key(verb, path)] += 1
+        parts = self._parse(path)  # once per request: counted, logged, dispatched
+        self.request_counts[_request_key(verb, parts)] += 1
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return _json(status_body(401, "Unauthorized"), 401)
         entry: WriteEntry | None = None
         body = b""
         if verb in _WRITE_VERBS:
             body = await request.read()
-            entry = self._log_write(request, body)
+            entry = self._log_write(request, body, parts)
         try:
             delay = self.faults.delay_for(verb, path)
             if delay > 0:
@@ -364,7 +375,7 @@ class ApiServer:
                     status_body(rule.status, msg, details=details), rule.status, headers
                 )
             else:
-                resp = await self._dispatch(request, verb, path, body, entry)
+                resp = await self._dispatch(request, verb, path, parts, body, entry)
         except ApiError as exc:
             resp = _json(status_body(exc.code, exc.message, exc.reason, exc.details), exc.code)
         if entry is not None:
@@ -372,8 +383,7 @@ class ApiServer:
             self.write_log.finished(entry)
         return resp
 
-    def _log_write(self, request: web.Request, body: bytes) -> WriteEntry:
-        parts = self._parse(request.path)
+    def _log_write(self, request: web.Request, body: bytes, parts: _Parts | None) -> WriteEntry:
         decoded: Any
         try:
             decoded = _decode(body) if body else None
@@ -389,16 +399,6 @@ class ApiServer:
         self.write_log.append(entry)
         return entry
 
-    def _request_key(self, verb: str, path: str) -> tuple[str, str, bool, str]:
-        try:
-            parsed = self._parse(path)
-        except ApiError:
-            parsed = None
-        if parsed is None:
-            return verb, "", False, ""
-        res, _ns, name, sub = parsed
-        return verb, res.plural, name is not None, sub
-
     def count_requests(self, verb: str, resource: str, *, named: bool | None = None) -> int:
         """Requests so far with this verb on this resource (``named``: on one object, or on the collection)."""
         return sum(
@@ -407,8 +407,9 @@ class ApiServer:
             if v == verb and r == resource and (named is None or one == named)
         )
 
-    def _parse(self, path: str) -> tuple[Resource, str | None, str | None, str] | None:
-        """Map a resource path to (resource, namespace, name, subresource); None if not one."""
+    def _parse(self, path: str) -> _Parts | None:
+        """Map a resource path to (resource, namespace, name, subresource); None if it names nothing
+        this server serves (answered 404)."""
         seg = path.strip("/").split("/")
         if seg[0] == "api" and len(seg) >= 3:
             group, version, rest = "", seg[1], seg[2:]
@@ -421,17 +422,23 @@ class ApiServer:
             ns, rest = rest[1], rest[2:]
         col = self.collections.get((group, version, rest[0]))
         if col is None:
-            raise ApiError(404, "the server could not find the requested resource")
+            return None
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else ""
         if len(rest) > 3 or (sub and sub not in col.res.subresources):
-            raise ApiError(404, "the server could not find the requested resource")
+            return None
         if ns is not None and not col.res.namespaced:
-            raise ApiError(404, "the server could not find the requested resource")
+            return None
         return col.res, ns, name, sub
 
     async def _dispatch(
-        self, request: web.Request, verb: str, path: str, body: bytes, entry: WriteEntry | None
+        self,
+        request: web.Request,
+        verb: str,
+        path: str,
+        parts: _Parts | None,
+        body: bytes,
+        entry: WriteEntry | None,
     ) -> web.StreamResponse:
         disc = self._discovery(path)
         if disc is not None:
@@ -440,7 +447,6 @@ class ApiServer:
                     405, f"the server does not allow this method on the requested resource ({verb})"
                 )
             return disc
-        parts = self._parse(path)
         if parts is None:
             raise ApiError(404, "the server could not find the requested resource")
         res, ns, name, sub = parts
