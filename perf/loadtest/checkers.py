@@ -72,10 +72,6 @@ class Snapshot:
     probes_by_worker: dict[str, int] = field(default_factory=dict)
     worker_pids: dict[str, int] = field(default_factory=dict)  # worker index -> pid of its last stats frame
 
-    @property
-    def cpu_workers(self) -> float:
-        return sum(w.cpu_seconds for w in self.workers)
-
 
 class Replica:
     """One running checker process."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import baseline
+
 from ehc.kube.model import GATE, READY
 from ehc.sim import SimCluster
 from ehc.sim.fleet import SimPod
@@ -137,14 +139,19 @@ def pod_reads(sim: SimCluster) -> int:
     return sim.api.count_requests("GET", "pods", named=True)
 
 
-async def detections(sim: SimCluster, faults: dict[Key, float], cap: float) -> tuple[list[float], list[Key]]:
-    """Seconds from each pod's fault to its first taken-out write; the pods not taken out within ``cap``."""
+async def detections(
+    sim: SimCluster, faults: dict[Key, float], cap: float
+) -> tuple[list[float], list[Key], set[Key]]:
+    """Seconds from each pod's fault to its first taken-out write; the pods not taken out within ``cap``;
+    and, after a moment for stragglers, the pods taken out that had no fault (wrongly marked)."""
     since = min(faults.values())
     deadline = since + cap
     while not faults.keys() <= taken_out(sim, since).keys() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # anything wrongly marked would show up now
     m = taken_out(sim, since)
-    return sorted(m[k] - faults[k] for k in faults if k in m), sorted(k for k in faults if k not in m)
+    found = sorted(m[k] - faults[k] for k in faults if k in m)
+    return found, sorted(k for k in faults if k not in m), m.keys() - faults.keys()
 
 
 def quantiles(values: list[float]) -> dict[str, float | None]:
@@ -169,10 +176,12 @@ def power_off(sim: SimCluster, nodes: list[str]) -> dict[Key, float]:
 
 
 def reference_model_seconds(victims: int, spec: CheckerSpec) -> float | None:
-    """The design note's estimate for the reference: ⌈victims / concurrency⌉ × (retries + 1) × timeout."""
+    """The design note's estimate for the reference: ⌈victims / concurrency⌉ × (retries + 1) × timeout,
+    with the baseline's defaults (the harness runs it with them)."""
     if spec.kind != "baseline":
         return None
-    return math.ceil(victims / 10) * 11 * 1.0
+    o = baseline.Options()
+    return math.ceil(victims / o.concurrency) * (o.retry_count + 1) * o.timeout
 
 
 async def sleep_with_progress(opts: Options, seconds: float, what: str) -> None:
@@ -283,11 +292,8 @@ async def power_off_scenario(opts: Options, spec: CheckerSpec, tag: str, fractio
         reads0 = pod_reads(sim)
         opts.progress(f"{tag}: powering off {count} node(s)")
         faults = power_off(sim, nodes)
-        since = min(faults.values())
-        found, missed = await detections(sim, faults, opts.cap)
-        await asyncio.sleep(1.5)  # anything wrongly marked would show up now
-        marked = taken_out(sim, since)
-        writes = pod_writes(sim, since, set(faults))
+        found, missed, wrong = await detections(sim, faults, opts.cap)
+        writes = pod_writes(sim, min(faults.values()), set(faults))
         return {
             "nodes_powered_off": count,
             "victim_pods": len(faults),
@@ -295,7 +301,7 @@ async def power_off_scenario(opts: Options, spec: CheckerSpec, tag: str, fractio
             "not_detected_within_cap": len(missed),
             "cap_seconds": opts.cap,
             "detection_seconds": quantiles(found),
-            "wrongly_marked": len(marked.keys() - faults.keys()),
+            "wrongly_marked": len(wrong),
             "writes_per_transition": round(len(writes) / len(found), 3) if found else None,
             "pod_reads_per_transition": round((pod_reads(sim) - reads0) / len(found), 3) if found else None,
             "reference_model_seconds": reference_model_seconds(len(faults), spec),
@@ -314,9 +320,7 @@ async def loss_scenario(opts: Options, spec: CheckerSpec, tag: str, percent: int
         false = taken_out(sim, t0)
         node = sim.fleet.nodes[-1]
         faults = power_off(sim, [node])
-        found, missed = await detections(sim, faults, opts.cap)
-        await asyncio.sleep(1.5)
-        wrong_after = taken_out(sim, min(faults.values())).keys() - faults.keys()
+        found, missed, wrong_after = await detections(sim, faults, opts.cap)
         return {
             "loss_percent": percent,
             "seconds": seconds,
@@ -333,6 +337,15 @@ async def loss_scenario(opts: Options, spec: CheckerSpec, tag: str, percent: int
 
 
 # ---- 4. flapping pods ---------------------------------------------------------------------------
+
+
+async def outage(sim: SimCluster, pods: list[SimPod], seconds: float) -> None:
+    """The pods go silent for ``seconds``."""
+    for p in pods:
+        sim.fleet.power_off_pod(p.key)
+    await asyncio.sleep(seconds)
+    for p in pods:
+        sim.fleet.recover_pod(p.key)
 
 
 def flappers(sim: SimCluster, count: int) -> list[SimPod]:
@@ -361,11 +374,7 @@ async def flapping(
         a = await reps[0].snapshot()
         for i in range(rounds):
             opts.progress(f"{tag}: brief outage {i + 1}/{rounds}")
-            for p in pods:
-                sim.fleet.power_off_pod(p.key)
-            await asyncio.sleep(brief)
-            for p in pods:
-                sim.fleet.recover_pod(p.key)
+            await outage(sim, pods, brief)
             await asyncio.sleep(rng.uniform(0.3, 0.8))
         await asyncio.sleep(3.0)
         b = await reps[0].snapshot()
@@ -373,11 +382,7 @@ async def flapping(
         t1 = time.monotonic()
         for c in range(cycles):
             opts.progress(f"{tag}: long outage {c + 1}/{cycles}")
-            for p in pods:
-                sim.fleet.power_off_pod(p.key)
-            await asyncio.sleep(long)
-            for p in pods:
-                sim.fleet.recover_pod(p.key)
+            await outage(sim, pods, long)
             await asyncio.sleep(long)
         await asyncio.sleep(2.0)
         writes = pod_writes(sim, t1, keys)
@@ -404,8 +409,13 @@ async def flapping(
 # ---- 5. API trouble -----------------------------------------------------------------------------
 
 
+def service_condition(p: SimPod) -> str:
+    """The condition a checker sets False to take the pod out of service."""
+    return GATE if p.style == "gate" else READY
+
+
 def out_of_service(sim: SimCluster, p: SimPod) -> bool:
-    return sim.api.pod_condition(p.namespace, p.name, GATE if p.style == "gate" else READY) == "False"
+    return sim.api.pod_condition(p.namespace, p.name, service_condition(p)) == "False"
 
 
 async def api_trouble(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
@@ -443,7 +453,7 @@ async def api_trouble(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
         landed = [e for e in writes if 200 <= e.status < 300]
         duplicated = stale = 0
         for p in victims:
-            ctype = GATE if p.style == "gate" else READY
+            ctype = service_condition(p)
             seq = [
                 e.changes[ctype]
                 for e in landed
@@ -478,20 +488,19 @@ async def failover(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
         killed = time.monotonic()
         leader.kill()
         opts.progress(f"{tag}: leader killed, node down")
-        found, missed = await detections(sim, faults, opts.cap)
+        found, missed, wrong = await detections(sim, faults, opts.cap)
         lease_writes = [
             e for e in sim.api.write_log.entries
             if e.mono >= killed and e.resource == "leases" and e.actor == "client" and 200 <= e.status < 300
             and standby.identity in str(e.body)
         ]  # fmt: skip
-        await asyncio.sleep(1.5)
         return {
             "victim_pods": len(faults),
             "standby_took_lease_seconds": round(lease_writes[0].mono - killed, 3) if lease_writes else None,
             "last_pod_written_seconds": round(max(found), 3) if found else None,
             "detection_seconds": quantiles(found),
             "not_detected_within_cap": len(missed),
-            "wrongly_marked": len(taken_out(sim, killed).keys() - faults.keys()),
+            "wrongly_marked": len(wrong),
             "samples": [round(x, 4) for x in found],
         }
 
