@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,6 +49,19 @@ def _watch_proc(url: str, rv: str, expected: int, ready: mp.Event, out: mp.Queue
         out.put((n, first, time.monotonic()))
 
     asyncio.run(run())
+
+
+async def _start_watcher(ctx: Any, api: Any, expected: int) -> tuple[Any, mp.Queue]:
+    """A watch process from the server's current version, waiting for ``expected`` events; once it
+    is streaming."""
+    out: mp.Queue = ctx.Queue()
+    ready = ctx.Event()
+    proc = ctx.Process(target=_watch_proc, args=(api.url, str(api.store.rv), expected, ready, out))
+    proc.start()
+    while not ready.is_set():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    return proc, out
 
 
 def _patch_proc(url: str, names: list[tuple[str, str]], count: int, concurrency: int, out: mp.Queue) -> None:
@@ -119,14 +133,7 @@ async def bench(pods: int, patches: int, http_patches: int) -> None:
         ctx = mp.get_context("spawn")
 
         # watch throughput, changes made in the server (the stream itself is measured)
-        out: mp.Queue = ctx.Queue()
-        ready = ctx.Event()
-        rv = str(api.store.rv)
-        proc = ctx.Process(target=_watch_proc, args=(api.url, rv, patches, ready, out))
-        proc.start()
-        while not ready.is_set():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        proc, out = await _start_watcher(ctx, api, patches)
         t_start = time.monotonic()
         for i in range(patches):
             ns, name = names[i % len(names)]
@@ -142,14 +149,7 @@ async def bench(pods: int, patches: int, http_patches: int) -> None:
         )
 
         # watch throughput during HTTP PATCH bursts from another process (end to end, as ehc drives it)
-        out2: mp.Queue = ctx.Queue()
-        ready2 = ctx.Event()
-        rv = str(api.store.rv)
-        proc = ctx.Process(target=_watch_proc, args=(api.url, rv, http_patches, ready2, out2))
-        proc.start()
-        while not ready2.is_set():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        proc, out2 = await _start_watcher(ctx, api, http_patches)
         out3: mp.Queue = ctx.Queue()
         t_start = time.monotonic()
         patcher = ctx.Process(target=_patch_proc, args=(api.url, names, http_patches, 64, out3))
