@@ -50,9 +50,8 @@ def _observed(conditions: list[Condition]) -> Mapping[str, str]:
 @dataclass(slots=True)
 class _Pod:
     target: PodTarget
-    observed: Mapping[str, str] = field(
-        default_factory=lambda: _NOTHING
-    )  # condition type → status, as last watched
+    # Condition type → status, as last watched (Ready and the gate only).
+    observed: Mapping[str, str] = field(default_factory=lambda: _NOTHING)
     health: Health = Health.UNKNOWN
     evidence: Transition | None = None
     ejected: bool = False  # annotation mode: Ready=False seen on the pod during this unhealthy spell

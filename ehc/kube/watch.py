@@ -102,8 +102,9 @@ class PodWatcher:
     ``on_page(pods)`` receives each page of every (re)list as it arrives, and ``on_snapshot(keys)`` the
     keys of the whole list once it is complete: pods missing from it are gone.  Pages are handed over
     one by one, not gathered, so a list of 20,000 pods never holds 20,000 decoded pods at once (they
-    would pin their memory long after).  ``on_event(type, pod)`` receives ADDED / MODIFIED / DELETED in order. Both are called on the loop
-    and must not block; an exception they raise is logged and counted, never fatal.
+    would pin their memory long after).  ``on_event(type, pod)`` receives ADDED / MODIFIED / DELETED in
+    order.  All are called on the loop and must not block; an exception they raise is logged and
+    counted, never fatal.
 
     Counters for metrics: ``lists`` (successful full lists), ``pages`` (list pages fetched), ``relists``
     (lists forced by 410), ``watches`` (watch requests opened), ``reconnects`` (retries after a failure
