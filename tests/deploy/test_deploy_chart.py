@@ -5,6 +5,9 @@ values."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +278,22 @@ def test_host_network_root_fallback_is_opt_in_and_only_with_host_network() -> No
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     with pytest.raises(helm.HelmRenderError, match="only for hostNetwork"):
         render_chart({"runAsUser": 0})
+
+
+def test_the_load_test_runs_the_charts_profiles() -> None:
+    """``perf/run.py --profile`` passes each profile to ``ehc run`` as flags: the chart's values."""
+    perf = Path(__file__).resolve().parents[2] / "perf"
+    sys.path.insert(0, str(perf))  # run.py imports its harness package from beside it
+    try:
+        spec = importlib.util.spec_from_file_location("ehc_perf_run", perf / "run.py")
+        assert spec is not None and spec.loader is not None
+        run = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(run)
+    finally:
+        sys.path.remove(str(perf))
+    env_of_flag = {s.flag: s.env for s in ehc_settings.SETTINGS}
+    as_env = {
+        name: {env_of_flag[f"--{flag}"]: value for flag, value in flags.items()}
+        for name, flags in run.PROFILES.items()
+    }
+    assert as_env == PROFILES
