@@ -76,7 +76,6 @@ class Decider:
         self._unhealthy: set[str] = set()
         self._suspects: dict[int, int] = {}
         self.failsafe = False
-        self.held = 0  # ejections held back by the fail-safe, cumulative
 
     # ---- what the API server shows --------------------------------------------------------------
 
@@ -118,8 +117,9 @@ class Decider:
             self._unhealthy.add(tr.key)
         else:
             self._unhealthy.discard(tr.key)
-        if self._check_failsafe():
-            return  # re-evaluated every pod already
+        # A fail-safe edge re-evaluates every other unhealthy pod; this one is always re-evaluated
+        # here, whatever its health: its own recovery may be what released the fail-safe.
+        self._check_failsafe(cause=tr.key)
         self._reconcile(pod, tr)
 
     def suspects(self, worker: int, count: int) -> None:
@@ -160,13 +160,14 @@ class Decider:
         t = pod.target
         self._submit(Decision(t.namespace, t.name, t.uid, conditions))
 
-    def _check_failsafe(self) -> bool:
-        """Engage or release the fail-safe; True when that changed (every pod was re-evaluated)."""
+    def _check_failsafe(self, cause: str = "") -> None:
+        """Engage or release the fail-safe; on a change, re-evaluate every unhealthy pod but ``cause``
+        (the pod whose transition triggered it, which its caller re-evaluates itself)."""
         total = len(self._pods)
         dark = len(self._unhealthy) + sum(self._suspects.values())
         engaged = total >= self._min_targets and dark > self._share * total
         if engaged == self.failsafe:
-            return False
+            return
         self.failsafe = engaged
         if engaged:
             log.error(
@@ -174,7 +175,6 @@ class Decider:
                 "ehc stops ejecting pods until the share falls back: its own network is the likelier fault",
                 dark, total, self._share * 100,
             )  # fmt: skip
-            self.held += len(self._unhealthy)
         else:
             log.warning(
                 "fail-safe released: %d of %d targets unhealthy or suspect; ejecting again", dark, total
@@ -182,8 +182,13 @@ class Decider:
         if self._on_failsafe is not None:
             self._on_failsafe(engaged, dark, total)
         for key in list(self._unhealthy):
-            self._reconcile(self._pods[key])
-        return True
+            if key != cause:
+                self._reconcile(self._pods[key])
+
+    @property
+    def held(self) -> int:
+        """Ejections the fail-safe is holding back right now."""
+        return len(self._unhealthy) if self.failsafe else 0
 
 
 def _message(target: PodTarget, tr: Transition | None, healthy: bool) -> str:

@@ -56,6 +56,11 @@ class ControllerCollector(Collector):
         yield GaugeMetricFamily(
             "ehc_failsafe_engaged", "1 while the fail-safe holds ejections", value=int(c.decider.failsafe)
         )
+        yield GaugeMetricFamily(
+            "ehc_failsafe_held_ejections",
+            "Unhealthy targets whose ejection the fail-safe is holding back right now",
+            value=c.decider.held,
+        )
         yield CounterMetricFamily(
             "ehc_transitions", "Health transitions reported by workers", value=c.transitions
         )

@@ -152,3 +152,23 @@ def test_annotation_ejection_held_by_the_failsafe_is_written_after_release() -> 
     d.suspects(0, 0)  # released: the still-unhealthy pod is ejected again
     assert not d.failsafe
     assert sink.written() == [("ns/p0", {READY: "False"})] * 2
+
+
+def test_a_recovery_that_releases_the_failsafe_is_written_too() -> None:
+    # Ten gate pods: p1 ejected; five more go dark (6 of 10: engaged); p1 answers again, which brings
+    # the share to 5 of 10 and releases the fail-safe inside p1's own transition.
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=10)
+    for i in range(10):
+        d.observe(target(i), conds(ready="True", gate="True"))
+    d.transition(tr(1, Health.UNHEALTHY))
+    assert sink.written() == [("ns/p1", {GATE: "False", READY: "False"})]
+    d.observe(target(1), conds(ready="False", gate="False"))  # the watch echoes the ejection
+    for i in range(2, 7):
+        d.transition(tr(i, Health.UNHEALTHY))
+    assert d.failsafe and d.held == 6
+    d.transition(tr(1, Health.HEALTHY))
+    assert not d.failsafe and d.held == 0
+    last = dict(sink.written())  # the latest decision per pod is what the patcher writes
+    assert last.pop("ns/p1") == {GATE: "True"}  # p1 is back in service
+    assert last == {f"ns/p{i}": {GATE: "False", READY: "False"} for i in range(2, 7)}
