@@ -57,13 +57,13 @@ import aiohttp
 import msgspec
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
-from ehc.config import parse_duration
 from ehc.kube.leader import LeaderElector, micro_time
 from ehc.kube.model import GATE, READY, Condition, Pod, Probe, pod_decoder
-from ehc.kube.targets import Mode, select
 from ehc.kube.watch import PodWatcher
 from ehc.probe import OK
 from ehc.probe.icmp import IcmpPinger
+from ehc.sources.pods import Mode, select
+from ehc.wire.settings import parse_duration
 
 log = logging.getLogger("baseline")
 
@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     import uvloop
 
-    from ehc.probe.tcp import raise_fd_limit
+    from ehc.worker.limits import raise_fd_limit
 
     raise_fd_limit()
     return uvloop.run(_main(opts))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehc.probe import OK
 from ehc.probe.icmp import IcmpPinger
-from ehc.probe.tcp import raise_fd_limit
+from ehc.worker.limits import raise_fd_limit
 
 PING_TIMEOUT = 2.0
 

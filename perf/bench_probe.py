@@ -36,10 +36,10 @@ from dataclasses import asdict, dataclass
 
 import uvloop
 
-from ehc.config import ProbeSettings
-from ehc.messages import Health, Stats, Target
-from ehc.pool import WorkerPool
-from ehc.probe.tcp import raise_fd_limit
+from ehc.coordinator.pool import WorkerPool
+from ehc.wire.messages import Health, Stats, Target
+from ehc.wire.settings import ProbeSettings
+from ehc.worker.limits import raise_fd_limit
 
 LAG_P99_LIMIT = 0.100
 DONE_RATIO_LIMIT = 0.99

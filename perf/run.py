@@ -31,8 +31,8 @@ from loadtest import report, scenarios
 from loadtest.checkers import CheckerSpec
 from loadtest.scenarios import Figures, Options
 
-from ehc.config import parse_duration
 from ehc.sim import netns as sim_netns
+from ehc.wire.settings import parse_duration
 
 HERE = Path(__file__).resolve().parent
 
@@ -134,8 +134,8 @@ async def capacity(args: argparse.Namespace) -> Figures:
     loop measured in the same run (``bench_probe``'s method: synthetic targets, no API server)."""
     import bench_probe
 
-    from ehc.config import ProbeSettings
-    from ehc.probe.tcp import raise_fd_limit
+    from ehc.wire.settings import ProbeSettings
+    from ehc.worker.limits import raise_fd_limit
 
     raise_fd_limit()
     listener = bench_probe.endpoint()

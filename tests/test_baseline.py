@@ -17,9 +17,9 @@ from aiohttp import web
 from sim_helpers import conditions_are, stop, until
 
 from ehc.kube.model import Pod
-from ehc.kube.targets import Mode
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
+from ehc.sources.pods import Mode
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "perf" / "baseline.py"

@@ -1,6 +1,6 @@
 import pytest
 
-from ehc.config import ProbeSettings, format_duration, parse_duration
+from ehc.wire.settings import ProbeSettings, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from ehc.decider import Decider
+from ehc.coordinator.decider import Decider
 from ehc.kube.model import GATE, READY, Condition
 from ehc.kube.patcher import Decision
-from ehc.kube.targets import Mode, PodTarget
-from ehc.messages import Health, Transition
+from ehc.sources.pods import Mode, PodTarget
+from ehc.wire.messages import Health, Transition
 
 
 class Sink:

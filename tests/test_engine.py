@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from ehc.config import ProbeSettings
-from ehc.messages import Health, Target, Transition
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
+from ehc.wire.messages import Health, Target, Transition
+from ehc.wire.settings import ProbeSettings
 from ehc.worker.engine import Engine
 
 FAST = ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, recovery_threshold=2, confirm_spacing=0.005)

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from ehc.ipc import HEADER, MAX_FRAME, FrameDecoder, FrameEncoder, FrameError
-from ehc.messages import FromWorker, Health, Hello, Transition, Transitions
+from ehc.wire.frames import HEADER, MAX_FRAME, FrameDecoder, FrameEncoder, FrameError
+from ehc.wire.messages import FromWorker, Health, Hello, Transition, Transitions
 
 
 def _transition(i: int) -> Transition:

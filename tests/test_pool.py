@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from ehc.config import ProbeSettings
-from ehc.messages import Health, Stats, Target, Transition
-from ehc.pool import WorkerPool
+from ehc.coordinator.pool import WorkerPool
+from ehc.wire.messages import Health, Stats, Target, Transition
+from ehc.wire.settings import ProbeSettings
 
 FAST = ProbeSettings(interval=0.2, timeout=0.2, retry_count=1, recovery_threshold=1, confirm_spacing=0.01)
 
@@ -121,7 +121,7 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
 
 
 async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: socket.socket) -> None:
-    from ehc.messages import Transitions
+    from ehc.wire.messages import Transitions
 
     async with WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 1.0)) as pool:
         pool.upsert([Target("t", "127.0.0.1", (listener.getsockname()[1],))])
@@ -140,8 +140,8 @@ def _broken_worker(then: str) -> list[str]:
     script = textwrap.dedent(
         """
         import os, sys, time
-        from ehc.ipc import FrameEncoder
-        from ehc.messages import Hello
+        from ehc.wire.frames import FrameEncoder
+        from ehc.wire.messages import Hello
         out = sys.stdout.buffer
         out.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
         out.flush()
@@ -164,7 +164,7 @@ def _broken_worker(then: str) -> list[str]:
 async def test_broken_worker_is_killed_and_restarted_not_the_coordinator(
     recorder: Recorder, caplog, then: str, logged: str
 ) -> None:  # type: ignore[no-untyped-def]
-    caplog.set_level(logging.ERROR, logger="ehc.pool")
+    caplog.set_level(logging.ERROR, logger="ehc.coordinator.pool")
     pool = WorkerPool(
         1, FAST, on_transition=recorder.on_transition, stats_interval=0.1, restart_backoff=(0.05, 0.5),
         worker_command=_broken_worker(then),
@@ -228,9 +228,9 @@ async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ign
     code = textwrap.dedent(
         """
         import asyncio
-        from ehc.config import ProbeSettings
-        from ehc.messages import Health, Target
-        from ehc.pool import WorkerPool
+        from ehc.wire.settings import ProbeSettings
+        from ehc.wire.messages import Health, Target
+        from ehc.coordinator.pool import WorkerPool
         async def main():
             counts, flips = [], []
             settings = ProbeSettings(interval=0.5, timeout=0.3, retry_count=2, confirm_spacing=0.05)

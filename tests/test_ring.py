@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from ehc.ring import jump_hash, key_digest, worker_for
+from ehc.coordinator.sharding import jump_hash, key_digest, worker_for
 
 KEYS = [f"ns-{i % 37}/pod-{i}" for i in range(10_000)]
 
@@ -27,7 +27,7 @@ def test_stable_across_processes() -> None:
     import subprocess
     import sys
 
-    code = "from ehc.ring import worker_for; print(worker_for('default/web-0', 7))"
+    code = "from ehc.coordinator.sharding import worker_for; print(worker_for('default/web-0', 7))"
     out = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in range(2)
     }

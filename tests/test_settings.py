@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ehc.settings import SettingsError, add_arguments, load
+from ehc.coordinator.settings import SettingsError, add_arguments, load
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from ehc.kube.model import Pod
-from ehc.kube.targets import Mode, current_health, select
-from ehc.messages import Health
+from ehc.sources.pods import Mode, current_health, select
+from ehc.wire.messages import Health
 
 
 def pod(

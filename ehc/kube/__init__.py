@@ -1,1 +1,1 @@
-"""Kubernetes side of the coordinator: lean pod model, watch, targets, leader election, patches."""
+"""Talking to the API server: client, lean models, list + watch, Lease election, Events, status writes."""

@@ -18,7 +18,7 @@ import selectors
 import socket
 import sys
 
-from ehc.probe.tcp import raise_fd_limit
+from ehc.worker.limits import raise_fd_limit
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -7,6 +7,7 @@ worker exits when stdin closes, so it never outlives its coordinator, even one k
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -17,10 +18,22 @@ import time
 
 import uvloop
 
-from ehc.ipc import FrameDecoder, FrameEncoder, FrameError
-from ehc.messages import Hello, Init, Remove, Stats, Stop, Suspects, ToWorker, Transition, Transitions, Upsert
-from ehc.probe.tcp import raise_fd_limit
+from ehc.wire.frames import FrameDecoder, FrameEncoder, FrameError
+from ehc.wire.logs import FORMATS, LEVELS, setup_logging
+from ehc.wire.messages import (
+    Hello,
+    Init,
+    Remove,
+    Stats,
+    Stop,
+    Suspects,
+    ToWorker,
+    Transition,
+    Transitions,
+    Upsert,
+)
 from ehc.worker.engine import ICMP, TCP, Engine
+from ehc.worker.limits import raise_fd_limit
 
 log = logging.getLogger("ehc.worker")
 
@@ -200,16 +213,16 @@ async def _serve(out_fd: int) -> int:
     return code
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ehc.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    parser.add_argument("--log-format", choices=FORMATS, default="text")
+    args = parser.parse_args(argv)
     out_fd = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the frame stream
     # Ctrl-C in a terminal reaches the whole process group; the coordinator decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=os.environ.get("EHC_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format, role="worker[%(process)d]")
     raise_fd_limit()
     return uvloop.run(_serve(out_fd))
 

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from ehc.config import ProbeSettings
-from ehc.messages import Health, Target, Transition
 from ehc.probe import FAIL, LOCAL_ERROR, OK
 from ehc.probe.icmp import IcmpPinger
 from ehc.probe.tcp import TcpProber
+from ehc.wire.messages import Health, Target, Transition
+from ehc.wire.settings import ProbeSettings
 from ehc.worker.stats import LagWindow, LatencyHistogram
 
 log = logging.getLogger("ehc.worker")

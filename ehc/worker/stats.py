@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from ehc.messages import LATENCY_BUCKETS
+from ehc.wire.messages import LATENCY_BUCKETS
 
 
 class LagWindow:

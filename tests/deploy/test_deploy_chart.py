@@ -23,7 +23,7 @@ from deploy_helpers import (
     validate_offline,
 )
 
-from ehc import settings as ehc_settings
+from ehc.coordinator import settings as ehc_settings
 
 # The chart's detection profiles; "balanced" must be ehc's own defaults.
 PROFILES = {

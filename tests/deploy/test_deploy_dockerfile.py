@@ -203,7 +203,9 @@ def test_wheel_built_from_the_context_installs_a_working_ehc_run(tmp_path: Path)
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "ehc = ehc.cli:main" in entry_points
-    assert "ehc/worker/__main__.py" in names and "ehc/sim/apiserver.py" in names
+    assert "ehc/worker/__main__.py" in names
+    # No simulator in the image: neither the simulated API server nor the fleet.
+    assert not [n for n in names if n.startswith("ehc/sim/")], names
     target = tmp_path / "site"
     out = subprocess.run(
         [*pip, "install", "--no-cache-dir", "--no-index", "--no-deps", "--target", str(target), str(wheel)],
@@ -212,15 +214,22 @@ def test_wheel_built_from_the_context_installs_a_working_ehc_run(tmp_path: Path)
     assert out.returncode == 0, out.stderr[-3000:]
     script = target / "bin" / "ehc"
     assert script.exists()
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    # As in the image: the wheel's ehc and its dependencies, and not the checkout's editable install
+    # (-S skips the .pth files that map ``ehc`` onto the checkout, whose ehc.sim would leak in).
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{site_packages}"}
     out = subprocess.run(
-        [sys.executable, str(script), "run", "--help"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+        [sys.executable, "-S", str(script), "run", "--help"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "--workers" in out.stdout and "EHC_WORKERS" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-S", str(script), "demo"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )  # fmt: skip
+    assert out.returncode == 2 and "source checkout" in out.stderr, out.stderr
     # It is the wheel's ehc that ran, not the editable checkout.
     where = subprocess.run(
-        [sys.executable, "-c", "import ehc; print(ehc.__file__)"], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-S", "-c", "import ehc; print(ehc.__file__)"], capture_output=True, text=True, env=env, cwd=tmp_path
     )  # fmt: skip
     assert where.stdout.strip().startswith(str(target))
 

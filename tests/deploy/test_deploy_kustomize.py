@@ -21,7 +21,7 @@ from deploy_helpers import (
     validate_offline,
 )
 
-from ehc import settings as ehc_settings
+from ehc.coordinator import settings as ehc_settings
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 

@@ -10,7 +10,7 @@ from enum import IntEnum
 
 import msgspec
 
-from ehc.config import ProbeSettings
+from ehc.wire.settings import ProbeSettings
 
 
 class Health(IntEnum):

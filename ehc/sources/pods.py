@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ehc.kube.model import ANNOTATION, GATE, READY, Container, Pod, Probe
-from ehc.messages import Health, Target
+from ehc.wire.messages import Health, Target
 
 
 class Mode(Enum):

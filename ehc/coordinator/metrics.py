@@ -19,10 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ehc.kube.patcher import Decision
-from ehc.messages import LATENCY_BUCKETS
+from ehc.wire.messages import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from ehc.controller import Controller
+    from ehc.coordinator.controller import Controller
 
 _PATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -16,18 +16,18 @@ from collections.abc import Awaitable, Callable
 
 from kubernetes_asyncio.client import ApiClient
 
-from ehc.decider import REASON_HEALTHY, REASON_UNHEALTHY, Decider
+from ehc.coordinator.decider import REASON_HEALTHY, REASON_UNHEALTHY, Decider
+from ehc.coordinator.pool import WorkerPool
+from ehc.coordinator.settings import RunSettings
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
 from ehc.kube.model import Pod
 from ehc.kube.patcher import Decision, Patcher
-from ehc.kube.targets import PodTarget, current_health, select
 from ehc.kube.watch import PodWatcher
-from ehc.messages import Health, Transition
-from ehc.pool import WorkerPool
-from ehc.settings import RunSettings
+from ehc.sources.pods import PodTarget, current_health, select
+from ehc.wire.messages import Health, Transition
 
-log = logging.getLogger("ehc.controller")
+log = logging.getLogger(__name__)
 
 
 class Controller:
@@ -115,6 +115,8 @@ class Controller:
             on_transition=self._transition,
             on_suspects=self.decider.suspects,
             env=self._worker_env,
+            log_level=self.settings.log_level,
+            log_format=self.settings.log_format,
         )
         try:
             await pool.start()

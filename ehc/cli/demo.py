@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from ehc import argtypes
+from ehc.cli import argtypes
 from ehc.kube.model import GATE
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns

@@ -24,10 +24,10 @@ from types import MappingProxyType
 
 from ehc.kube.model import GATE, READY, Condition, rfc3339
 from ehc.kube.patcher import Decision
-from ehc.kube.targets import Mode, PodTarget
-from ehc.messages import Health, Transition
+from ehc.sources.pods import Mode, PodTarget
+from ehc.wire.messages import Health, Transition
 
-log = logging.getLogger("ehc.decider")
+log = logging.getLogger(__name__)
 
 REASON_UNHEALTHY = "EndpointUnhealthy"
 REASON_HEALTHY = "EndpointHealthy"

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ehc.config import ProbeSettings, format_duration, parse_duration
+from ehc.wire.logs import FORMATS, LEVELS
+from ehc.wire.settings import ProbeSettings, format_duration, parse_duration
 
 
 class SettingsError(ValueError):
@@ -54,8 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EHC_PATCH_BURST", "--patch-burst", "int", 100, "patches that may go at once after a quiet spell", minimum=1),
     Setting("EHC_PATCH_CONCURRENCY", "--patch-concurrency", "int", 16, "patch requests in flight, at most", minimum=1),
     Setting("EHC_METRICS_ADDRESS", "--metrics-address", "str", ":9090", "HOST:PORT for /metrics, /healthz and /readyz (empty: off)"),
-    Setting("EHC_LOG_LEVEL", "--log-level", "choice", "info", "log level", choices=("debug", "info", "warning", "error")),
-    Setting("EHC_LOG_FORMAT", "--log-format", "choice", "text", "log format", choices=("text", "json")),
+    Setting("EHC_LOG_LEVEL", "--log-level", "choice", "info", "log level", choices=LEVELS),
+    Setting("EHC_LOG_FORMAT", "--log-format", "choice", "text", "log format", choices=FORMATS),
     Setting("LEASE_NAME", "--lease-name", "str", "endpoint-health-checker-leader", "leader-election Lease name"),
     Setting("LEASE_DURATION", "--lease-duration", "duration", 4.0, "leader-election lease duration", minimum=0.1),
     Setting("RENEW_DEADLINE", "--renew-deadline", "duration", 2.0, "a leader that cannot renew within this stops writing", minimum=0.05),

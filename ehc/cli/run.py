@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
-import time
 
 import uvloop
 
-from ehc import settings as settings_mod
-from ehc.probe.tcp import raise_fd_limit
+from ehc.coordinator import settings as settings_mod
+from ehc.wire.logs import setup_logging
+from ehc.worker.limits import raise_fd_limit
 
 log = logging.getLogger("ehc")
-
-_EXTRA = ("pod", "node", "ip", "health")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the transition fields (pod, node, ip, health) when present."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update({k: getattr(record, k) for k in _EXTRA if hasattr(record, k)})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -82,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> int:
     from kubernetes_asyncio.config import ConfigException
 
-    from ehc import metrics
-    from ehc.controller import Controller
+    from ehc.coordinator import metrics
+    from ehc.coordinator.controller import Controller
     from ehc.kube.client import make_api_client
 
     try:

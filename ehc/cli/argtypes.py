@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ehc.config import parse_duration
+from ehc.wire.settings import parse_duration
 
 
 def duration(text: str) -> float:

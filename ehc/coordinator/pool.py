@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from ehc.config import ProbeSettings
-from ehc.ipc import FrameDecoder, FrameEncoder, FrameError
-from ehc.messages import (
+from ehc.coordinator.sharding import worker_for
+from ehc.wire.frames import FrameDecoder, FrameEncoder, FrameError
+from ehc.wire.messages import (
     FromWorker,
     Health,
     Hello,
@@ -40,9 +40,9 @@ from ehc.messages import (
     Transitions,
     Upsert,
 )
-from ehc.ring import worker_for
+from ehc.wire.settings import ProbeSettings
 
-log = logging.getLogger("ehc.pool")
+log = logging.getLogger(__name__)
 
 OnTransition = Callable[[int, Transition], None]
 OnStats = Callable[[Stats], None]
@@ -133,6 +133,8 @@ class WorkerPool:
         stats_interval: float = 1.0,
         restart_backoff: tuple[float, float] = (0.2, 10.0),
         env: dict[str, str] | None = None,
+        log_level: str = "info",
+        log_format: str = "text",
         worker_command: list[str] | None = None,
     ) -> None:
         if workers < 1:
@@ -145,7 +147,9 @@ class WorkerPool:
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
         self._env = env
-        self._command = worker_command or [sys.executable, "-m", "ehc.worker"]
+        self._command = worker_command or [
+            sys.executable, "-m", "ehc.worker", "--log-level", log_level, "--log-format", log_format,
+        ]  # fmt: skip
         self._encoder = FrameEncoder()
         self._procs: list[_WorkerProcess | None] = [None] * workers
         self._targets: dict[str, Target] = {}

@@ -17,12 +17,12 @@ import time
 
 import uvloop
 
-from ehc import argtypes
-from ehc.config import ProbeSettings, format_duration
-from ehc.messages import Health, Target, Transition
-from ehc.pool import WorkerPool
-from ehc.probe.tcp import raise_fd_limit
+from ehc.cli import argtypes
+from ehc.coordinator.pool import WorkerPool
+from ehc.wire.messages import Health, Target, Transition
+from ehc.wire.settings import ProbeSettings, format_duration
 from ehc.worker.engine import Engine
+from ehc.worker.limits import raise_fd_limit
 
 _DEFAULTS = ProbeSettings()
 

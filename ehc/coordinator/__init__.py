@@ -1,0 +1,1 @@
+"""The leader's side: wiring (controller), health and fail-safe (decider), worker pool, sharding, metrics."""

@@ -1,0 +1,1 @@
+"""What is probed and what is written: one module per kind of watched object."""
