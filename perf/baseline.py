@@ -63,6 +63,7 @@ from ehc.kube.watch import PodWatcher
 from ehc.probe import OK
 from ehc.probe.icmp import IcmpPinger
 from ehc.sources.pods import Mode, select
+from ehc.wire.checks import Icmp
 from ehc.wire.settings import parse_duration
 
 log = logging.getLogger("baseline")
@@ -306,7 +307,7 @@ class Baseline:
     # -- life cycle ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Until cancelled; the lease is released on the way out."""
-        self.pinger = IcmpPinger(asyncio.get_running_loop())
+        self.pinger = IcmpPinger(asyncio.get_running_loop(), self.opts.timeout)
         self.pinger.open()
         tasks = [asyncio.create_task(self.watcher.run(), name="watch")]
         if self.opts.stats_interval > 0:
@@ -447,7 +448,7 @@ class Baseline:
                 fut.set_result(outcome == OK)
 
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        self.pinger.ping(ip, family, self.opts.timeout, done)
+        self.pinger.start(ip, family, Icmp(), done)
         return await fut
 
     # -- writing ---------------------------------------------------------------------------------

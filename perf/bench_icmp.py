@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ehc.probe import OK
 from ehc.probe.icmp import IcmpPinger
+from ehc.wire.checks import Icmp
 from ehc.worker.limits import raise_fd_limit
 
 PING_TIMEOUT = 2.0
@@ -85,9 +86,9 @@ async def ehc_round(pinger: IcmpPinger, targets: list[str]) -> Round:
             finished.set_result(None)
 
     c0, w0 = time.process_time(), time.perf_counter()
-    ping = pinger.ping
+    start, check = pinger.start, Icmp()
     for ip in targets:
-        ping(ip, socket.AF_INET, PING_TIMEOUT, done)
+        start(ip, socket.AF_INET, check, done)
     await finished
     return Round(time.perf_counter() - w0, time.process_time() - c0, len(targets), replies, failures)
 
@@ -123,7 +124,7 @@ async def main(args: argparse.Namespace) -> None:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     hard = raise_fd_limit()
     loop = asyncio.get_running_loop()
-    pinger = IcmpPinger(loop)
+    pinger = IcmpPinger(loop, PING_TIMEOUT)
     desc = pinger.open()
     print(f"# {desc}")
     print(

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import uvloop
 
 from ehc.coordinator.pool import WorkerPool
+from ehc.wire.checks import Icmp, Tcp
 from ehc.wire.messages import Health, Stats, Target
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.limits import raise_fd_limit
@@ -193,19 +194,20 @@ async def run_pool(
 
 
 def _probes(s: Stats) -> int:
-    return s.probes_tcp + s.probes_icmp
+    return sum(s.probes.values())
 
 
 def _failures(s: Stats) -> int:
-    return s.failures_tcp + s.failures_icmp
+    return sum(s.failures.values())
 
 
 def tcp_targets(n: int, port: int) -> list[Target]:
-    return [Target(f"t{i}", address(i), (port,), Health.HEALTHY) for i in range(n)]
+    check = (Tcp(port),)
+    return [Target(f"t{i}", address(i), check, Health.HEALTHY) for i in range(n)]
 
 
 def icmp_targets(n: int) -> list[Target]:
-    return [Target(f"i{i}", address(i)) for i in range(n)]
+    return [Target(f"i{i}", address(i), (Icmp(),)) for i in range(n)]
 
 
 async def capacity(

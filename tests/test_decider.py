@@ -8,6 +8,7 @@ from ehc.coordinator.decider import Decider
 from ehc.kube.model import GATE, READY, Condition
 from ehc.kube.patcher import Decision
 from ehc.sources.pods import Mode, PodTarget
+from ehc.wire.checks import Tcp
 from ehc.wire.messages import Health, Transition
 
 
@@ -30,12 +31,12 @@ class Sink:
 
 
 def target(i: int = 0, mode: Mode = Mode.GATE) -> PodTarget:
-    return PodTarget(f"ns/p{i}", "ns", f"u{i}", "node-a", f"10.0.0.{i + 1}", (8080,), mode)
+    return PodTarget(f"ns/p{i}", "ns", f"u{i}", "node-a", f"10.0.0.{i + 1}", (Tcp(8080),), mode)
 
 
 def tr(i: int, health: Health) -> Transition:
     return Transition(
-        f"ns/p{i}", health, "tcp", 8080, "timeout" if health == Health.UNHEALTHY else "", 0.5, 4, time.time()
+        f"ns/p{i}", health, Tcp(8080), "timeout" if health == Health.UNHEALTHY else "", 0.5, 4, time.time()
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
+from ehc.wire.checks import Check, Icmp, Tcp
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.engine import Engine
@@ -27,7 +28,10 @@ class ScriptedProber:
         self.calls: list[float] = []
         self.in_flight = 0
 
-    def probe(self, ip: str, port: int, family: int, done: Done) -> None:
+    def open(self) -> str:
+        return ""
+
+    def start(self, ip: str, family: int, check: Check, done: Done) -> None:
         outcome = self._script(len(self.calls))
         self.calls.append(self._loop.time())
         self._loop.call_soon(done, outcome, 0.001, "" if outcome == OK else "scripted")
@@ -40,7 +44,9 @@ def _engine(script: Callable[[int], int], settings: ProbeSettings = FAST):
     loop = asyncio.get_running_loop()
     transitions: list[tuple[int, Transition]] = []
     prober = ScriptedProber(loop, script)
-    engine = Engine(loop, settings, lambda tr: transitions.append((len(prober.calls), tr)), tcp=prober)  # type: ignore[arg-type]
+    engine = Engine(
+        loop, settings, lambda tr: transitions.append((len(prober.calls), tr)), probers={"tcp": prober}
+    )  # type: ignore[dict-item]
     engine.start()
     return engine, prober, transitions
 
@@ -54,7 +60,7 @@ async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
 async def test_flips_after_exactly_one_plus_retry_count_failures() -> None:
     # Known healthy; every attempt fails.
     engine, prober, transitions = _engine(lambda i: FAIL)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: bool(transitions))
     calls_at_flip, tr = transitions[0]
     # The wheel may add a regular attempt of its own; the policy still needs exactly 4 votes.
@@ -67,7 +73,7 @@ async def test_one_success_resets_the_failure_count() -> None:
     # F F F S | F F F F : the success closes the first episode; only the next four in a row flip it.
     script = [FAIL, FAIL, FAIL, OK, FAIL, FAIL, FAIL, FAIL]
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else FAIL)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: bool(transitions))
     # Exactly one flip, not before the second run of four failures (a regular attempt racing the
     # first episode's success may be discarded as stale, so it can take one more call).
@@ -76,21 +82,46 @@ async def test_one_success_resets_the_failure_count() -> None:
     engine.close()
 
 
+class SilentProber(ScriptedProber):
+    """A powered-off endpoint: every attempt fails, and only when its timeout runs out."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, lambda i: FAIL)
+        self.most_in_flight = 0
+
+    def start(self, ip: str, family: int, check: Check, done: Done) -> None:
+        self.calls.append(self._loop.time())
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self._loop.call_later(self.timeout, self._expire, done)
+
+    def _expire(self, done: Done) -> None:
+        self.in_flight -= 1
+        done(FAIL, self.timeout, "timeout")
+
+
 async def test_confirmations_run_in_parallel_not_one_timeout_after_another() -> None:
-    engine, prober, transitions = _engine(lambda i: FAIL)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    loop = asyncio.get_running_loop()
+    prober = SilentProber(loop)
+    transitions: list[Transition] = []
+    engine = Engine(loop, FAST, transitions.append, probers={"tcp": prober})  # type: ignore[dict-item]
+    engine.start()
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: bool(transitions))
     # All confirmations were launched from the first failure, confirm_spacing apart, well inside
     # one interval: they did not wait for each other or for the next tick.
     spread = prober.calls[3] - prober.calls[0]
     assert spread < FAST.interval
+    # Each answers only at its deadline, so in parallel they were all in flight at once.
+    assert prober.most_in_flight >= FAST.retry_count
+    assert transitions[0].attempts == 1 + FAST.retry_count
     engine.close()
 
 
 async def test_recovers_after_recovery_threshold_successes() -> None:
     script = [OK, FAIL, OK, OK]  # S F: no flip (count reset); S S: flip
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.UNHEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.UNHEALTHY), immediate=True)
     await _until(lambda: bool(transitions))
     n, tr = transitions[0]
     assert (tr.health, tr.attempts) == (Health.HEALTHY, 2)
@@ -100,7 +131,7 @@ async def test_recovers_after_recovery_threshold_successes() -> None:
 
 async def test_unknown_target_is_healthy_on_first_success() -> None:
     engine, prober, transitions = _engine(lambda i: OK)
-    engine.upsert(Target("a", "127.0.0.1", (80,)), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),)), immediate=True)
     await _until(lambda: bool(transitions))
     assert [(tr.health, tr.attempts) for _, tr in transitions] == [(Health.HEALTHY, 1)]
     engine.close()
@@ -108,7 +139,7 @@ async def test_unknown_target_is_healthy_on_first_success() -> None:
 
 async def test_local_errors_never_flip_a_target() -> None:
     engine, prober, transitions = _engine(lambda i: LOCAL_ERROR)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: engine.local_errors >= 3)  # several intervals of nothing but local errors
     assert transitions == []
     assert engine.health("a") == Health.HEALTHY
@@ -118,7 +149,7 @@ async def test_local_errors_never_flip_a_target() -> None:
 
 async def test_removed_target_reports_nothing() -> None:
     engine, prober, transitions = _engine(lambda i: FAIL)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: len(prober.calls) >= 1)
     engine.remove("a")
     await asyncio.sleep(FAST.interval * 2)
@@ -132,7 +163,7 @@ async def test_start_times_spread_evenly_over_the_interval() -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     for i in range(2000):
-        engine.upsert(Target(f"t{i}", "127.0.0.1", (80,), Health.HEALTHY))
+        engine.upsert(Target(f"t{i}", "127.0.0.1", (Tcp(80),), Health.HEALTHY))
     await _until(lambda: len(prober.calls) >= 2000)
     first = prober.calls[:2000]
     deciles = Counter(min(9, int((t - t0) / settings.interval * 10)) for t in first)
@@ -145,7 +176,7 @@ async def test_each_target_is_probed_once_per_interval() -> None:
     settings = ProbeSettings(interval=0.1, timeout=0.05)
     engine, prober, _ = _engine(lambda i: OK, settings)
     for i in range(100):
-        engine.upsert(Target(f"t{i}", "127.0.0.1", (80,), Health.HEALTHY))
+        engine.upsert(Target(f"t{i}", "127.0.0.1", (Tcp(80),), Health.HEALTHY))
     await asyncio.sleep(1.05)
     engine.close()
     # ~10 intervals: 100 targets × 10, give or take one slot per target at each end.
@@ -168,24 +199,26 @@ async def _decide(target: Target, settings: ProbeSettings = FAST) -> Transition:
 
 
 async def test_real_closed_port_flips_after_retries(closed_port: int) -> None:
-    tr = await _decide(Target("x", "127.0.0.1", (closed_port,), Health.HEALTHY))
+    tr = await _decide(Target("x", "127.0.0.1", (Tcp(closed_port),), Health.HEALTHY))
     assert (tr.health, tr.kind, tr.port, tr.detail, tr.attempts) == (
         Health.UNHEALTHY, "tcp", closed_port, "connrefused", 1 + FAST.retry_count,
     )  # fmt: skip
 
 
 async def test_real_open_port_is_healthy(listener: socket.socket) -> None:
-    tr = await _decide(Target("x", "127.0.0.1", (listener.getsockname()[1],)))
+    tr = await _decide(Target("x", "127.0.0.1", (Tcp(listener.getsockname()[1]),)))
     assert (tr.health, tr.kind) == (Health.HEALTHY, "tcp")
 
 
 async def test_every_port_must_answer(listener: socket.socket, closed_port: int) -> None:
-    tr = await _decide(Target("x", "127.0.0.1", (listener.getsockname()[1], closed_port), Health.HEALTHY))
+    tr = await _decide(
+        Target("x", "127.0.0.1", (Tcp(listener.getsockname()[1]), Tcp(closed_port)), Health.HEALTHY)
+    )
     assert (tr.health, tr.port, tr.detail) == (Health.UNHEALTHY, closed_port, "connrefused")
 
 
 async def test_real_icmp_to_loopback_is_healthy() -> None:
-    tr = await _decide(Target("x", "127.0.0.1"))
+    tr = await _decide(Target("x", "127.0.0.1", (Icmp(),)))
     if tr.health != Health.HEALTHY and "unavailable" in tr.detail:
         pytest.skip(tr.detail)
     assert (tr.health, tr.kind, tr.port) == (Health.HEALTHY, "icmp", 0)
@@ -194,7 +227,7 @@ async def test_real_icmp_to_loopback_is_healthy() -> None:
 async def test_invalid_ip_is_rejected() -> None:
     engine, _, _ = _engine(lambda i: OK)
     with pytest.raises(ValueError):
-        engine.upsert(Target("x", "not-an-ip", (80,)))
+        engine.upsert(Target("x", "not-an-ip", (Tcp(80),)))
     engine.close()
 
 
@@ -202,13 +235,13 @@ async def test_suspects_count_open_failure_episodes() -> None:
     # Two failures then a success: a suspect while the episode is open, none after.
     script = [FAIL, FAIL, OK]
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
-    engine.upsert(Target("a", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     seen: list[int] = []
     await _until(lambda: seen.append(engine.suspects) or (len(prober.calls) >= 3 and engine.suspects == 0))
     assert 1 in seen and transitions == []
     # Confirmed dead: no longer a suspect but unhealthy.
     engine2, _, transitions2 = _engine(lambda i: FAIL)
-    engine2.upsert(Target("b", "127.0.0.1", (80,), Health.HEALTHY), immediate=True)
+    engine2.upsert(Target("b", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     await _until(lambda: bool(transitions2))
     assert engine2.suspects == 0
     engine.close()

@@ -28,6 +28,7 @@ import uvloop
 from ehc.probe import FAIL, LOCAL_ERROR, OK
 from ehc.probe.icmp import IcmpPinger
 from ehc.sim import netns as sim_netns
+from ehc.wire.checks import Icmp
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -58,9 +59,7 @@ def v4_addresses(n: int) -> list[str]:
     return [f"127.1.{i >> 8}.{i & 255}" for i in range(n)]
 
 
-async def ping_all(
-    pinger: IcmpPinger, targets: list[tuple[str, int]], probe_timeout: float
-) -> dict[str, list]:
+async def ping_all(pinger: IcmpPinger, targets: list[tuple[str, int]]) -> dict[str, list]:
     """Ping every (ip, family) at once; return ip -> list of (outcome, latency, detail) callbacks."""
     calls: dict[str, list] = {ip: [] for ip, _ in targets}
     left = len(targets)
@@ -77,7 +76,7 @@ async def ping_all(
         return done
 
     for ip, fam in targets:
-        pinger.ping(ip, fam, probe_timeout, make_done(ip))
+        pinger.start(ip, fam, Icmp(), make_done(ip))
     await finished
     await asyncio.sleep(0.05)  # a second callback for any ping would land here
     return calls
@@ -132,8 +131,8 @@ def icmp_ns(request, private_netns):
     return private_netns
 
 
-def open_pinger(expect_mode: str) -> IcmpPinger:
-    pinger = IcmpPinger(asyncio.get_running_loop())
+def open_pinger(expect_mode: str, timeout: float = 5.0) -> IcmpPinger:
+    pinger = IcmpPinger(asyncio.get_running_loop(), timeout)
     desc = pinger.open()
     assert pinger.mode == expect_mode, desc
     assert pinger.modes == {socket.AF_INET: expect_mode, socket.AF_INET6: expect_mode}, desc
@@ -144,7 +143,7 @@ def open_pinger(expect_mode: str) -> IcmpPinger:
 
 
 async def test_loopback_v4_v6_ok():
-    pinger = IcmpPinger(asyncio.get_running_loop())
+    pinger = IcmpPinger(asyncio.get_running_loop(), 2.0)
     desc = pinger.open()
     if pinger.mode == "unavailable":
         pytest.skip(f"no ICMP socket for this user: {desc}")
@@ -152,7 +151,7 @@ async def test_loopback_v4_v6_ok():
         targets = [("127.0.0.1", socket.AF_INET)]
         if pinger.modes[socket.AF_INET6] != "unavailable":
             targets.append(("::1", socket.AF_INET6))
-        calls = await ping_all(pinger, targets, 2.0)
+        calls = await ping_all(pinger, targets)
         for ip, _ in targets:
             outcome, latency, detail = only_call(calls[ip])
             assert (outcome, detail) == (OK, ""), ip
@@ -163,13 +162,13 @@ async def test_loopback_v4_v6_ok():
 
 
 async def test_many_loopback_addresses_at_once():
-    pinger = IcmpPinger(asyncio.get_running_loop())
+    pinger = IcmpPinger(asyncio.get_running_loop(), 5.0)
     desc = pinger.open()
     if pinger.mode == "unavailable":
         pytest.skip(f"no ICMP socket for this user: {desc}")
     try:
         targets = [(ip, socket.AF_INET) for ip in v4_addresses(2000)]
-        calls = await ping_all(pinger, targets, 5.0)
+        calls = await ping_all(pinger, targets)
         bad = {ip: c for ip, c in calls.items() if [x[0] for x in c] != [OK]}
         assert not bad, list(bad.items())[:5]
         assert pinger.in_flight == 0
@@ -179,22 +178,22 @@ async def test_many_loopback_addresses_at_once():
 
 async def test_bad_input_and_closed_pinger_are_local_errors():
     loop = asyncio.get_running_loop()
-    pinger = IcmpPinger(loop)
-    calls = await ping_all(pinger, [("127.0.0.1", socket.AF_INET)], 1.0)  # not opened yet
+    pinger = IcmpPinger(loop, 1.0)
+    calls = await ping_all(pinger, [("127.0.0.1", socket.AF_INET)])  # not opened yet
     assert only_call(calls["127.0.0.1"])[::2] == (LOCAL_ERROR, "icmp pinger not opened")
     pinger.open()
     if pinger.mode == "unavailable":
         pinger.close()
         pytest.skip("no ICMP socket for this user")
-    calls = await ping_all(pinger, [("not-an-ip", socket.AF_INET), ("::1", socket.AF_INET)], 1.0)
+    calls = await ping_all(pinger, [("not-an-ip", socket.AF_INET), ("::1", socket.AF_INET)])
     assert only_call(calls["not-an-ip"])[0] == LOCAL_ERROR
     assert only_call(calls["::1"])[0] == LOCAL_ERROR
-    # close() reports pings still in flight, once, as local errors.
+    # close() abandons pings still in flight: the Prober contract is no callback after close().
     got: list = []
-    pinger.ping("127.0.0.1", socket.AF_INET, 5.0, lambda *a: got.append(a))
+    pinger.start("127.0.0.1", socket.AF_INET, Icmp(), lambda *a: got.append(a))
     pinger.close()
-    await asyncio.sleep(0.05)
-    assert [(o, d) for o, _, d in got] == [(LOCAL_ERROR, "pinger closed")]
+    await asyncio.sleep(1.2)  # past the ping's deadline
+    assert got == []
     assert pinger.in_flight == 0
 
 
@@ -207,7 +206,7 @@ def test_mode_and_loopback(icmp_ns):
         try:
             targets = [(ip, socket.AF_INET) for ip in v4_addresses(2000)]
             targets += [("::1", socket.AF_INET6), (LIVE_V6, socket.AF_INET6)]
-            return pinger.description, await ping_all(pinger, targets, 5.0), pinger.in_flight
+            return pinger.description, await ping_all(pinger, targets), pinger.in_flight
         finally:
             pinger.close()
 
@@ -226,10 +225,10 @@ def test_silence_is_a_timeout(icmp_ns):
     timeout = 0.3
 
     async def body():
-        pinger = open_pinger(icmp_ns.mode)
+        pinger = open_pinger(icmp_ns.mode, timeout)
         try:
             targets = [(DEAD_V4, socket.AF_INET), (DEAD_V6, socket.AF_INET6), ("127.0.0.1", socket.AF_INET)]
-            return await ping_all(pinger, targets, timeout), pinger.in_flight
+            return await ping_all(pinger, targets), pinger.in_flight
         finally:
             pinger.close()
 
@@ -244,14 +243,14 @@ def test_silence_is_a_timeout(icmp_ns):
 
 def test_send_errors(icmp_ns):
     async def body():
-        pinger = open_pinger(icmp_ns.mode)
+        pinger = open_pinger(icmp_ns.mode, 2.0)
         try:
             targets = [
                 ("10.1.2.3", socket.AF_INET),  # no route in a fresh namespace
                 ("2001:db8::1", socket.AF_INET6),
                 (BLOCKED_V4, socket.AF_INET),  # the local firewall drops it on output
             ]
-            return await ping_all(pinger, targets, 2.0)
+            return await ping_all(pinger, targets)
         finally:
             pinger.close()
 
@@ -270,7 +269,7 @@ def test_concurrent_pinger_replies_are_not_ours(icmp_ns):
         a, b = open_pinger(icmp_ns.mode), open_pinger(icmp_ns.mode)
         try:
             targets = [(ip, socket.AF_INET) for ip in v4_addresses(500)] + [("::1", socket.AF_INET6)]
-            ra, rb = await asyncio.gather(ping_all(a, targets, 5.0), ping_all(b, targets, 5.0))
+            ra, rb = await asyncio.gather(ping_all(a, targets), ping_all(b, targets))
             return ra, rb, a.foreign + b.foreign
         finally:
             a.close()
@@ -310,12 +309,12 @@ def test_forged_replies_do_not_match(icmp_ns):
 
     async def body():
         loop = asyncio.get_running_loop()
-        pinger = open_pinger(icmp_ns.mode)
+        pinger = open_pinger(icmp_ns.mode, 10.0)
         sniffer = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         sniffer.settimeout(5)
         result = loop.create_future()
         try:
-            pinger.ping(target, socket.AF_INET, 10.0, lambda *a: result.set_result(a))
+            pinger.start(target, socket.AF_INET, Icmp(), lambda *a: result.set_result(a))
             while True:  # our echo request, as seen on lo
                 pkt, _ = sniffer.recvfrom(2048)
                 ihl = (pkt[0] & 15) * 4
@@ -359,6 +358,7 @@ def test_forged_replies_do_not_match(icmp_ns):
 _CHILD = """
 import asyncio, json, os, socket, sys
 from ehc.probe.icmp import IcmpPinger
+from ehc.wire.checks import Icmp
 
 os.setgroups([])
 os.setgid(65534)
@@ -366,10 +366,10 @@ os.setuid(65534)  # drops every capability, CAP_NET_RAW included
 
 async def main():
     loop = asyncio.get_running_loop()
-    pinger = IcmpPinger(loop)
+    pinger = IcmpPinger(loop, 2.0)
     desc = pinger.open()
     result = loop.create_future()
-    pinger.ping("127.0.0.1", socket.AF_INET, 2.0, lambda *a: result.set_result(a))
+    pinger.start("127.0.0.1", socket.AF_INET, Icmp(), lambda *a: result.set_result(a))
     outcome, _, detail = await result
     pinger.close()
     return {"mode": pinger.mode, "desc": desc, "outcome": outcome, "detail": detail}

@@ -2,18 +2,19 @@ import random
 
 import pytest
 
+from ehc.wire.checks import Tcp
 from ehc.wire.frames import HEADER, MAX_FRAME, FrameDecoder, FrameEncoder, FrameError
 from ehc.wire.messages import FromWorker, Health, Hello, Transition, Transitions
 
 
 def _transition(i: int) -> Transition:
-    return Transition(f"ns/pod-{i}", Health.UNHEALTHY, "tcp", 8080, "timeout", 0.5, 4, 1.0 + i)
+    return Transition(f"ns/pod-{i}", Health.UNHEALTHY, Tcp(8080), "timeout", 0.5, 4, 1.0 + i)
 
 
 def test_partial_reads_byte_by_byte_and_random_chunks() -> None:
     enc = FrameEncoder()
     messages = [
-        Hello(worker=0, pid=1, icmp="raw"),
+        Hello(worker=0, pid=1, probers="raw"),
         Transitions(items=[_transition(i) for i in range(50)]),
     ] * 3
     stream = b"".join(enc.encode(m) for m in messages)

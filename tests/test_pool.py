@@ -15,6 +15,7 @@ import time
 import pytest
 
 from ehc.coordinator.pool import WorkerPool
+from ehc.wire.checks import Icmp, Tcp
 from ehc.wire.messages import Health, Stats, Target, Transition
 from ehc.wire.settings import ProbeSettings
 
@@ -59,9 +60,9 @@ async def test_targets_are_spread_and_probed(
     recorder: Recorder, listener: socket.socket, closed_port: int
 ) -> None:
     port = listener.getsockname()[1]
-    up = [Target(f"up-{i}", "127.0.0.1", (port,)) for i in range(20)]
-    down = [Target(f"down-{i}", "127.0.0.1", (closed_port,)) for i in range(10)]
-    ping = [Target("ping-v4", "127.0.0.1"), Target("ping-v6", "::1")]
+    up = [Target(f"up-{i}", "127.0.0.1", (Tcp(port),)) for i in range(20)]
+    down = [Target(f"down-{i}", "127.0.0.1", (Tcp(closed_port),)) for i in range(10)]
+    ping = [Target("ping-v4", "127.0.0.1", (Icmp(),)), Target("ping-v6", "::1", (Icmp(),))]
     async with WorkerPool(
         3, FAST, on_transition=recorder.on_transition, on_stats=recorder.on_stats, stats_interval=0.2
     ) as pool:
@@ -70,27 +71,27 @@ async def test_targets_are_spread_and_probed(
         health = recorder.health()
         assert all(health[t.key] == Health.HEALTHY for t in up)
         assert all(health[t.key] == Health.UNHEALTHY for t in down)
-        if "unavailable" not in " ".join(pool.icmp_modes.values()):
+        if "unavailable" not in " ".join(pool.prober_notes.values()):
             assert health["ping-v4"] == health["ping-v6"] == Health.HEALTHY
         # each transition came from the worker the hash assigns
         assert all(worker == pool.worker_of(tr.key) for worker, tr in recorder.transitions)
         assert {w for w, _ in recorder.transitions} == {0, 1, 2}
         await _until(lambda: {s.worker for s in recorder.stats} == {0, 1, 2})
         # Pipe traffic follows transitions: one per target, however many probes ran.
-        probes_before = sum(pool.stats[w].probes_tcp for w in range(3))
+        probes_before = sum(pool.stats[w].probes["tcp"] for w in range(3))
         n = len(recorder.transitions)
         await asyncio.sleep(1.0)
-        assert sum(pool.stats[w].probes_tcp for w in range(3)) > probes_before
+        assert sum(pool.stats[w].probes["tcp"] for w in range(3)) > probes_before
         assert len(recorder.transitions) == n
 
 
 async def test_remove_and_update(recorder: Recorder, listener: socket.socket, closed_port: int) -> None:
     port = listener.getsockname()[1]
     async with WorkerPool(2, FAST, on_transition=recorder.on_transition) as pool:
-        pool.upsert([Target("a", "127.0.0.1", (port,)), Target("b", "127.0.0.1", (port,))])
+        pool.upsert([Target("a", "127.0.0.1", (Tcp(port),)), Target("b", "127.0.0.1", (Tcp(port),))])
         await _until(lambda: len(recorder.transitions) == 2)
         pool.remove(["b"])
-        pool.upsert([Target("a", "127.0.0.1", (closed_port,), Health.HEALTHY)])  # its port changed
+        pool.upsert([Target("a", "127.0.0.1", (Tcp(closed_port),), Health.HEALTHY)])  # its port changed
         await _until(lambda: recorder.health()["a"] == Health.UNHEALTHY)
         assert len(pool) == 1
         assert [tr.key for _, tr in recorder.transitions].count("b") == 1
@@ -100,7 +101,7 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
     recorder: Recorder, listener: socket.socket
 ) -> None:
     port = listener.getsockname()[1]
-    targets = [Target(f"t{i}", "127.0.0.1", (port,)) for i in range(40)]
+    targets = [Target(f"t{i}", "127.0.0.1", (Tcp(port),)) for i in range(40)]
     async with WorkerPool(
         2, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 1.0)
     ) as pool:
@@ -112,9 +113,9 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
         new_pid = pool.pids()[0]
         # The new process probes the victim's targets again...
         await _until(
-            lambda: 0 in pool.stats and pool.stats[0].pid == new_pid and pool.stats[0].probes_tcp > 0
+            lambda: 0 in pool.stats and pool.stats[0].pid == new_pid and pool.stats[0].probes["tcp"] > 0
         )
-        assert pool.stats[0].targets_tcp == sum(1 for t in targets if pool.worker_of(t.key) == 0)
+        assert pool.stats[0].targets["tcp"] == sum(1 for t in targets if pool.worker_of(t.key) == 0)
         await asyncio.sleep(0.5)
         # ...resuming from the health it had: no transition was reported for the crash.
         assert len(recorder.transitions) == 40
@@ -124,12 +125,12 @@ async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: sock
     from ehc.wire.messages import Transitions
 
     async with WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 1.0)) as pool:
-        pool.upsert([Target("t", "127.0.0.1", (listener.getsockname()[1],))])
+        pool.upsert([Target("t", "127.0.0.1", (Tcp(listener.getsockname()[1]),))])
         await _until(lambda: len(recorder.transitions) == 1)
         old = pool._procs[0]
         os.kill(pool.pids()[0], signal.SIGKILL)
         await _until(lambda: pool._procs[0] is not old and len(pool.pids()) == 1)
-        fake = Transition("t", Health.UNHEALTHY, "tcp", 1, "timeout", 0.2, 2, time.time())
+        fake = Transition("t", Health.UNHEALTHY, Tcp(1), "timeout", 0.2, 2, time.time())
         pool._on_message(old, Transitions(items=[fake]))  # a frame from the dead process
         assert len(recorder.transitions) == 1
         assert pool.dropped_frames == 1
@@ -143,7 +144,7 @@ def _broken_worker(then: str) -> list[str]:
         from ehc.wire.frames import FrameEncoder
         from ehc.wire.messages import Hello
         out = sys.stdout.buffer
-        out.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), icmp="none")))
+        out.write(FrameEncoder().encode(Hello(worker=0, pid=os.getpid(), probers="none")))
         out.flush()
         {then}
         time.sleep(60)
@@ -229,6 +230,7 @@ async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ign
         """
         import asyncio
         from ehc.wire.settings import ProbeSettings
+        from ehc.wire.checks import Tcp
         from ehc.wire.messages import Health, Target
         from ehc.coordinator.pool import WorkerPool
         async def main():
@@ -237,7 +239,7 @@ async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ign
             pool = WorkerPool(1, settings, on_transition=lambda w, t: flips.append(t.key),
                               on_suspects=lambda w, n: counts.append(n))
             async with pool:
-                pool.upsert([Target(f"t{i}", "127.0.0.9", (80,), Health.HEALTHY) for i in range(20)])
+                pool.upsert([Target(f"t{i}", "127.0.0.9", (Tcp(80),), Health.HEALTHY) for i in range(20)])
                 for _ in range(100):
                     await asyncio.sleep(0.05)
                     if len(flips) == 20 and counts and counts[-1] == 0:

@@ -11,6 +11,7 @@ import pytest
 
 from ehc.probe import FAIL, OK
 from ehc.probe.tcp import TcpProber
+from ehc.wire.checks import Tcp
 
 
 async def _probe(
@@ -19,7 +20,7 @@ async def _probe(
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[tuple[int, float, str]] = loop.create_future()
     prober = TcpProber(loop, timeout)
-    prober.probe(ip, port, family, lambda *r: fut.set_result(r))
+    prober.start(ip, family, Tcp(port), lambda *r: fut.set_result(r))
     result = await fut
     assert prober.in_flight == 0
     return result
@@ -64,7 +65,7 @@ async def test_many_in_flight_at_once(listener: socket.socket) -> None:
             done.set_result(None)
 
     for _ in range(500):
-        prober.probe("127.0.0.1", port, socket.AF_INET, on_done)
+        prober.start("127.0.0.1", socket.AF_INET, Tcp(port), on_done)
     assert prober.in_flight > 0  # none of them completed synchronously
     await done
     assert results.count(OK) == 500
@@ -96,9 +97,10 @@ async def test_silent_drop_times_out_as_failure(netns) -> None:  # type: ignore[
     code = (
         "import asyncio, socket\n"
         "from ehc.probe.tcp import TcpProber\n"
+        "from ehc.wire.checks import Tcp\n"
         "async def main():\n"
         "    loop = asyncio.get_running_loop(); fut = loop.create_future()\n"
-        "    TcpProber(loop, 0.3).probe('127.0.0.9', 80, socket.AF_INET, lambda *r: fut.set_result(r))\n"
+        "    TcpProber(loop, 0.3).start('127.0.0.9', socket.AF_INET, Tcp(80), lambda *r: fut.set_result(r))\n"
         "    print(*(await fut))\n"
         "asyncio.run(main())\n"
     )

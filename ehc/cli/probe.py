@@ -19,6 +19,7 @@ import uvloop
 
 from ehc.cli import argtypes
 from ehc.coordinator.pool import WorkerPool
+from ehc.wire.checks import Check, Icmp, Tcp, kind_of, target_kind
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings, format_duration
 from ehc.worker.engine import Engine
@@ -45,12 +46,12 @@ def parse_target(text: str) -> Target:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"target {text!r}: {host!r} is not an IPv4 or IPv6 address") from None
-    ports: tuple[int, ...] = ()
+    check: Check = Icmp()
     if port_text:
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise ValueError(f"target {text!r}: port {port_text!r} is not a number from 1 to 65535")
-        ports = (int(port_text),)
-    return Target(key=text, ip=str(ip), ports=ports)
+        check = Tcp(int(port_text))
+    return Target(key=text, ip=str(ip), checks=(check,))
 
 
 def _target_arg(text: str) -> Target:
@@ -132,7 +133,8 @@ async def probe_once(targets: list[Target], settings: ProbeSettings) -> dict[str
     loop = asyncio.get_running_loop()
     decided: dict[str, Transition] = {}
     all_done = loop.create_future()
-    wanted = {t.key for t in targets}
+    by_key = {t.key: t for t in targets}
+    wanted = by_key.keys()
 
     def on_transition(tr: Transition) -> None:
         decided.setdefault(tr.key, tr)
@@ -140,9 +142,10 @@ async def probe_once(targets: list[Target], settings: ProbeSettings) -> dict[str
             all_done.set_result(None)
 
     engine = Engine(loop, settings, on_transition)
-    mode = engine.start()
-    if any(not t.ports for t in targets) and "unavailable" in mode:
-        print(f"ehc probe: {mode}", file=sys.stderr)
+    said = engine.start()
+    kinds = {kind_of(c) for t in targets for c in t.checks}
+    if "unavailable" in said and any(said.startswith(f"{k}:") or f"; {k}:" in said for k in kinds):
+        print(f"ehc probe: {said}", file=sys.stderr)
     try:
         for t in targets:
             engine.upsert(t, immediate=True)
@@ -155,7 +158,13 @@ async def probe_once(targets: list[Target], settings: ProbeSettings) -> dict[str
             now = time.time()
             for key in wanted - decided.keys():
                 decided[key] = Transition(
-                    key, Health.UNKNOWN, "", 0, "undecided: probes could not be made", 0, 0, now
+                    key,
+                    Health.UNKNOWN,
+                    by_key[key].checks[0],
+                    "undecided: probes could not be made",
+                    0,
+                    0,
+                    now,
                 )
     finally:
         engine.close()
@@ -177,10 +186,10 @@ async def watch(targets: list[Target], settings: ProbeSettings, workers: int) ->
     pool = WorkerPool(workers, settings, on_transition=on_transition)
     try:
         await pool.start()
-        modes = sorted(set(pool.icmp_modes.values()))
+        said = sorted(set(pool.prober_notes.values()))
         print(
             f"ehc probe: watching {len(targets)} target(s) every {format_duration(settings.interval)} "
-            f"with {workers} worker(s), pids {' '.join(map(str, pool.pids()))}; {'; '.join(modes)}",
+            f"with {workers} worker(s), pids {' '.join(map(str, pool.pids()))}; {'; '.join(said)}",
             file=sys.stderr,
             flush=True,
         )
@@ -192,7 +201,7 @@ async def watch(targets: list[Target], settings: ProbeSettings, workers: int) ->
 
 
 def _line(target: Target, tr: Transition, width: int) -> str:
-    kind = "tcp" if target.ports else "icmp"
+    kind = target_kind(target.checks)
     if tr.health == Health.HEALTHY:
         verdict, evidence = "healthy", f"{tr.latency * 1000:.2f}ms"
     elif tr.health == Health.UNHEALTHY:

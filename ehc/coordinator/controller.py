@@ -25,6 +25,7 @@ from ehc.kube.model import Pod
 from ehc.kube.patcher import Decision, Patcher
 from ehc.kube.watch import PodWatcher
 from ehc.sources.pods import PodTarget, current_health, select
+from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Transition
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Controller:
         old = self.targets.get(key)
         self.targets[key] = target
         self.decider.observe(target, pod.status.conditions)
-        if self.pool is not None and (old is None or old.ip != target.ip or old.ports != target.ports):
+        if self.pool is not None and (old is None or old.ip != target.ip or old.checks != target.checks):
             self.pool.upsert([target.probe_target(current_health(self.decider.observed(key), target.mode))])
 
     def _drop(self, key: str) -> None:
@@ -191,10 +192,9 @@ class Controller:
         if target is None:
             return
         self.transitions += 1
-        where = f"{target.ip}:{tr.port}" if tr.port else target.ip
         log.info(
-            "%s %s: %s %s %s after %d attempt(s)%s (node %s, %s mode, worker %d)",
-            tr.key, "UNHEALTHY" if tr.health == Health.UNHEALTHY else "healthy", tr.kind, where,
+            "%s %s: %s %s after %d attempt(s)%s (node %s, %s mode, worker %d)",
+            tr.key, "UNHEALTHY" if tr.health == Health.UNHEALTHY else "healthy", describe(tr.check, target.ip),
             "failed" if tr.health == Health.UNHEALTHY else "answered", tr.attempts,
             f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms", target.node, target.mode.value, worker,
             extra={"pod": tr.key, "node": target.node, "ip": target.ip, "health": tr.health.name.lower()},

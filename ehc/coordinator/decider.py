@@ -25,6 +25,7 @@ from types import MappingProxyType
 from ehc.kube.model import GATE, READY, Condition, rfc3339
 from ehc.kube.patcher import Decision
 from ehc.sources.pods import Mode, PodTarget
+from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Transition
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class Decider:
 def _message(target: PodTarget, tr: Transition | None, healthy: bool) -> str:
     if tr is None:
         return "endpoint-health-checker"
-    where = f"{target.ip}:{tr.port}" if tr.port else target.ip
+    what = describe(tr.check, target.ip)
     if healthy:
-        return f"endpoint-health-checker: {tr.kind} {where} answered ({tr.attempts} in a row)"
-    return f"endpoint-health-checker: {tr.kind} {where} failed {tr.attempts} attempts in a row: {tr.detail}"
+        return f"endpoint-health-checker: {what} answered ({tr.attempts} in a row)"
+    return f"endpoint-health-checker: {what} failed {tr.attempts} attempts in a row: {tr.detail}"

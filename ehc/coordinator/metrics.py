@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ehc.kube.patcher import Decision
+from ehc.wire.checks import KINDS
 from ehc.wire.messages import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class ControllerCollector(Collector):
         pool = c.pool
         targets = GaugeMetricFamily("ehc_targets", "Pods being probed, by probe kind", labels=["kind"])
         kinds = Counter(t.kind for t in c.targets.values())
-        for kind in ("tcp", "icmp"):
+        for kind in sorted({*KINDS, *kinds}):
             targets.add_metric([kind], kinds[kind])
         yield targets
         yield GaugeMetricFamily(
@@ -98,12 +99,13 @@ class ControllerCollector(Collector):
         latency_sum = 0.0
         for w, s in sorted(pool.stats.items()):
             label = str(w)
-            per_worker["ehc_worker_targets"].add_metric([label, "tcp"], s.targets_tcp)
-            per_worker["ehc_worker_targets"].add_metric([label, "icmp"], s.targets_icmp)
-            per_worker["probes"].add_metric([label, "tcp"], s.probes_tcp)
-            per_worker["probes"].add_metric([label, "icmp"], s.probes_icmp)
-            per_worker["failures"].add_metric([label, "tcp"], s.failures_tcp)
-            per_worker["failures"].add_metric([label, "icmp"], s.failures_icmp)
+            for family, by_kind in (
+                ("ehc_worker_targets", s.targets),
+                ("probes", s.probes),
+                ("failures", s.failures),
+            ):
+                for kind, n in sorted(by_kind.items()):
+                    per_worker[family].add_metric([label, kind], n)
             per_worker["skipped"].add_metric([label], s.skipped_probes)
             per_worker["lag50"].add_metric([label], s.lag_p50)
             per_worker["lag"].add_metric([label], s.lag_p99)

@@ -164,7 +164,7 @@ class WorkerPool:
         self._watchdog: asyncio.TimerHandle | None = None
         self.restarts = [0] * workers
         self.stats: dict[int, Stats] = {}
-        self.icmp_modes: dict[int, str] = {}
+        self.prober_notes: dict[int, str] = {}  # what each worker's probers said at start
         self.dropped_frames = 0
         # Frames and bytes over the workers' pipes, "in" (from workers) and "out" (to workers).
         self.pipe_frames = {"in": 0, "out": 0}
@@ -246,11 +246,11 @@ class WorkerPool:
         return worker_for(key, self.size)
 
     def upsert(self, targets: Iterable[Target]) -> None:
-        """Add or change targets.  A changed address or port list restarts from ``target.health``."""
+        """Add or change targets.  A changed address or check list restarts from ``target.health``."""
         batches: dict[int, list[Target]] = {}
         for t in targets:
             old = self._targets.get(t.key)
-            if old is not None and old.ip == t.ip and old.ports == t.ports:
+            if old is not None and old.ip == t.ip and old.checks == t.checks:
                 continue
             index = self._owner.get(t.key)
             if index is None:
@@ -301,7 +301,7 @@ class WorkerPool:
             if self._on_stats is not None:
                 self._on_stats(msg)
         elif isinstance(msg, Hello):
-            self.icmp_modes[proc.index] = msg.icmp
+            self.prober_notes[proc.index] = msg.probers
             self._ready[proc.index].set()
 
     def _check_silence(self) -> None:

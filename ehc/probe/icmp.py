@@ -30,7 +30,8 @@ only possible with an older ping to the same address still in flight; the next f
 then.
 
 Latency is ``time.monotonic()`` from send to reply (the clock loop timers run on; uvloop's own
-``loop.time()`` is cached per iteration at millisecond resolution).
+``loop.time()`` is cached per iteration at millisecond resolution).  Deadlines wait in the pinger's
+``Deadlines`` FIFO, like TCP's: one loop timer for every ping in flight.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import socket
 import struct
 import time
 
-from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
+from ehc.probe import FAIL, LOCAL_ERROR, OK, Done, Later
+from ehc.probe.deadlines import Deadlines
+from ehc.wire.checks import Icmp
 
 __all__ = ["IcmpPinger"]
 
@@ -121,11 +124,29 @@ class _Family:
         self.reason = "not opened"
         self.ident = -1  # -1: not checked by us (dgram: the kernel owns and filters the identifier)
         self.seq = int.from_bytes(os.urandom(2), "big")
-        self.pending: dict[tuple[str, int], tuple[Done, float, asyncio.TimerHandle]] = {}
+        self.pending: dict[tuple[str, int], _Ping] = {}
         self.buf = bytearray(_REQ.size)
         self.csum_base = -1  # ≥ 0: raw IPv4, checksum = ~fold(csum_base + seq)
         self.reply_type = _ICMP_ECHO_REPLY if family == socket.AF_INET else _ICMP6_ECHO_REPLY
         self.strip_ip = False
+
+
+class _Ping:
+    """One echo request in flight: whom to tell, and when it times out."""
+
+    __slots__ = ("active", "deadline", "done", "family", "key", "pinger", "sent")
+
+    def __init__(self, pinger: IcmpPinger, family: _Family, key: tuple[str, int], done: Done) -> None:
+        self.pinger = pinger
+        self.family = family
+        self.key = key
+        self.done = done
+        self.sent = time.monotonic()
+        self.deadline = self.sent + pinger.timeout
+        self.active = True
+
+    def expire(self) -> None:
+        self.pinger._expire(self)
 
 
 def _ping_group_range() -> str:
@@ -137,13 +158,14 @@ def _ping_group_range() -> str:
 
 
 class IcmpPinger:
-    """ICMP echo for one event loop: ``open()``, then ``ping()`` any number of targets concurrently.
+    """ICMP echo for one event loop: ``open()``, then ``start()`` any number of pings concurrently.
 
-    ``done(outcome, latency, detail)`` is called exactly once per ``ping()``: ``OK`` on a matching
-    reply, ``FAIL`` with "timeout" when none came within ``timeout`` seconds or with the reason when
-    the kernel refused the send for routing reasons (unreachable), ``LOCAL_ERROR`` when the ping could
-    not be sent (no socket for the family, send buffer full, local firewall, bad address).  It is never
-    called from inside ``ping()`` itself: immediate results are delivered with ``loop.call_soon``.
+    ``done(outcome, latency, detail)`` is called exactly once per ``start()`` (unless ``close()`` came
+    first): ``OK`` on a matching reply, ``FAIL`` with "timeout" when none came within ``timeout``
+    seconds or with the reason when the kernel refused the send for routing reasons (unreachable),
+    ``LOCAL_ERROR`` when the ping could not be sent (no socket for the family, send buffer full, local
+    firewall, bad address).  It is never called from inside ``start()`` itself: immediate results are
+    delivered with ``loop.call_soon``.
 
     Attributes after ``open()``:
 
@@ -155,8 +177,11 @@ class IcmpPinger:
       formed replies with no pending ping (late after a timeout, duplicates, wrong source address).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
+        self.timeout = timeout
+        self._deadlines = Deadlines(loop)
+        self._later = Later(loop)
         self._cookie = os.urandom(8)
         self._fams = {f: _Family(f) for f in (socket.AF_INET, socket.AF_INET6)}
         self._opened = False
@@ -295,9 +320,8 @@ class IcmpPinger:
         """Pings sent and not yet answered or timed out."""
         return sum(len(st.pending) for st in self._fams.values())
 
-    def ping(self, ip: str, family: int, timeout: float, done: Done) -> None:
+    def start(self, ip: str, family: int, check: Icmp, done: Done) -> None:
         """Send one echo request to ``ip`` (of ``family``); ``done`` is called once with the outcome."""
-        loop = self._loop
         st = self._fams.get(family)
         if st is None or st.sock is None:
             if st is None:
@@ -306,12 +330,12 @@ class IcmpPinger:
                 why = "icmp pinger not opened"
             else:
                 why = f"icmp unavailable for {st.name}: {st.reason}"
-            loop.call_soon(done, LOCAL_ERROR, 0.0, why)
+            self._later(done, LOCAL_ERROR, 0.0, why)
             return
         try:
             addr = socket.inet_ntop(family, socket.inet_pton(family, ip))
         except (OSError, ValueError, TypeError):
-            loop.call_soon(done, LOCAL_ERROR, 0.0, f"bad {st.name} address {ip!r}")
+            self._later(done, LOCAL_ERROR, 0.0, f"bad {st.name} address {ip!r}")
             return
         pending = st.pending
         seq = (st.seq + 1) & 0xFFFF
@@ -323,7 +347,7 @@ class IcmpPinger:
                 if key not in pending:
                     break
             else:
-                loop.call_soon(done, LOCAL_ERROR, 0.0, f"too many pings in flight to {addr}")
+                self._later(done, LOCAL_ERROR, 0.0, f"too many pings in flight to {addr}")
                 return
         st.seq = seq
         buf = st.buf
@@ -337,26 +361,26 @@ class IcmpPinger:
         try:
             st.sock.sendto(buf, (addr, 0))
         except BlockingIOError:
-            loop.call_soon(done, LOCAL_ERROR, 0.0, "icmp send buffer full")
+            self._later(done, LOCAL_ERROR, 0.0, "icmp send buffer full")
             return
         except OSError as exc:
             fail = _FAIL_ERRNOS.get(exc.errno)  # type: ignore[arg-type]
             if fail is not None:
-                loop.call_soon(done, FAIL, 0.0, fail)
+                self._later(done, FAIL, 0.0, fail)
             else:
-                loop.call_soon(done, LOCAL_ERROR, 0.0, f"icmp sendto: {exc.strerror or exc}")
+                self._later(done, LOCAL_ERROR, 0.0, f"icmp sendto: {exc.strerror or exc}")
             return
-        sent = time.monotonic()
-        pending[key] = (done, sent, loop.call_at(sent + timeout, self._expire, st, key))
+        ping = pending[key] = _Ping(self, st, key, done)
+        self._deadlines.add(ping)
 
-    def _expire(self, st: _Family, key: tuple[str, int]) -> None:
-        # A late loop may run this timer before reading a reply that did arrive in time: read what
-        # is queued first, so only a ping really unanswered counts as a timeout.
-        if key in st.pending:
-            self._on_readable(st)
-        p = st.pending.pop(key, None)
-        if p is not None:
-            p[0](FAIL, time.monotonic() - p[1], "timeout")
+    def _expire(self, ping: _Ping) -> None:
+        # A late loop may sweep the deadline before reading a reply that did arrive in time: read
+        # what is queued first, so only a ping really unanswered counts as a timeout.
+        self._on_readable(ping.family)
+        if ping.active:
+            ping.active = False
+            del ping.family.pending[ping.key]
+            ping.done(FAIL, time.monotonic() - ping.sent, "timeout")
 
     def _on_readable(self, st: _Family) -> None:
         sock = st.sock
@@ -390,22 +414,21 @@ class IcmpPinger:
             if p is None:
                 self.stray += 1
                 continue
-            p[2].cancel()
+            p.active = False
             try:
-                p[0](OK, now() - p[1], "")
+                p.done(OK, now() - p.sent, "")
             except Exception:
                 log.exception("icmp done callback failed")
 
     def close(self) -> None:
-        """Stop reading, close the sockets; pending pings report ``LOCAL_ERROR`` "pinger closed" now."""
-        now = time.monotonic()
+        """Stop reading, close the sockets, abandon the pings in flight (their callbacks are not called)."""
+        self._later.closed = True
+        for ping in self._deadlines.clear():
+            ping.active = False
         for st in self._fams.values():
             if st.sock is not None:
                 self._loop.remove_reader(st.sock.fileno())
                 st.sock.close()
                 st.sock = None
                 st.reason = "pinger closed"
-            pending, st.pending = st.pending, {}
-            for done, sent, timer in pending.values():
-                timer.cancel()
-                done(LOCAL_ERROR, now - sent, "pinger closed")
+            st.pending = {}

@@ -1,11 +1,8 @@
 """TCP connect probe: success once the three-way handshake completes.
 
-One non-blocking socket per attempt, watched with ``add_writer``.  Every attempt of a prober has the
-same timeout, so deadlines expire in the order attempts started: they wait in a FIFO swept by a
-single loop timer set for the oldest unfinished attempt, instead of a timer created and cancelled per
-attempt (``perf/bench_probe.py`` measures the difference that makes).  Latency uses
-``time.monotonic``, the clock loop timers run on (uvloop's ``loop.time()`` is cached per iteration
-at millisecond resolution).
+One non-blocking socket per attempt, watched with ``add_writer``; deadlines wait in the prober's
+``Deadlines`` FIFO (one loop timer for all).  Latency uses ``time.monotonic``, the clock loop timers
+run on (uvloop's ``loop.time()`` is cached per iteration at millisecond resolution).
 
 Sockets are the C-level ``_socket.socket``: the ``socket.socket`` wrapper's Python ``__init__`` and
 ``close`` cost more than the connect itself at these rates, and nothing here needs its extras.
@@ -22,9 +19,10 @@ import errno
 import socket
 import struct
 import time
-from collections import deque
 
-from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
+from ehc.probe import FAIL, LOCAL_ERROR, OK, Done, Later
+from ehc.probe.deadlines import Deadlines
+from ehc.wire.checks import Tcp
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -51,72 +49,59 @@ def _describe(code: int) -> str:
 class TcpProber:
     """Makes TCP connect attempts with one timeout on one event loop; any number may be in flight."""
 
-    __slots__ = ("_deadlines", "_loop", "_sweeper", "in_flight", "timeout")
+    __slots__ = ("_deadlines", "_later", "_loop", "in_flight", "timeout")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
         self.timeout = timeout
         self.in_flight = 0
-        self._deadlines: deque[_Attempt] = deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._deadlines = Deadlines(loop)
+        self._later = Later(loop)
 
-    def probe(self, ip: str, port: int, family: int, done: Done) -> None:
-        """Start one connect to ``ip:port``; ``done`` is called exactly once, never synchronously."""
-        loop = self._loop
+    def open(self) -> str:
+        return ""
+
+    def start(self, ip: str, family: int, check: Tcp, done: Done) -> None:
+        """Start one connect to ``ip:check.port``; ``done`` is called exactly once, never synchronously."""
         start = time.monotonic()
         try:
             sock = _socket.socket(family, _SOCK_TYPE)
         except OSError as exc:
-            loop.call_soon(done, LOCAL_ERROR, 0.0, f"socket: {_describe(exc.errno or 0)}")
+            self._later(done, LOCAL_ERROR, 0.0, f"socket: {_describe(exc.errno or 0)}")
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        code = sock.connect_ex((ip, port))
+        try:
+            code = sock.connect_ex((ip, check.port))
+        except (OSError, OverflowError, TypeError, ValueError) as exc:  # an address the kernel cannot take
+            sock.close()
+            self._later(done, LOCAL_ERROR, 0.0, f"connect {ip!r} port {check.port!r}: {exc}")
+            return
         if code == errno.EINPROGRESS:
-            attempt = _Attempt(self, sock, start, done)
-            self._deadlines.append(attempt)
-            if self._sweeper is None:
-                self._sweeper = loop.call_at(attempt.deadline, self._sweep)
+            self._deadlines.add(_Attempt(self, sock, start, done))
             return
         sock.close()
         if code == 0:  # loopback can complete at once
-            loop.call_soon(done, OK, time.monotonic() - start, "")
+            self._later(done, OK, time.monotonic() - start, "")
         elif code in _LOCAL_ERRNOS:
-            loop.call_soon(done, LOCAL_ERROR, 0.0, f"connect: {_describe(code)}")
+            self._later(done, LOCAL_ERROR, 0.0, f"connect: {_describe(code)}")
         else:
-            loop.call_soon(done, FAIL, time.monotonic() - start, _describe(code))
-
-    def _sweep(self) -> None:
-        """Expire attempts past their deadline; re-arm for the oldest one still in flight."""
-        now = time.monotonic()
-        queue = self._deadlines
-        while queue:
-            attempt = queue[0]
-            if attempt.sock is not None and attempt.deadline > now:
-                self._sweeper = self._loop.call_at(attempt.deadline, self._sweep)
-                return
-            queue.popleft()
-            if attempt.sock is not None:
-                attempt.expire()
-        self._sweeper = None
+            self._later(done, FAIL, time.monotonic() - start, _describe(code))
 
     def close(self) -> None:
         """Abandon every attempt in flight (their callbacks are not called)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        while self._deadlines:
-            attempt = self._deadlines.popleft()
-            if attempt.sock is not None:
-                attempt.finish()
+        self._later.closed = True
+        for attempt in self._deadlines.clear():
+            attempt.finish()  # type: ignore[attr-defined]
 
 
 class _Attempt:
     """One connect in flight: its socket, its deadline and whom to tell."""
 
-    __slots__ = ("deadline", "done", "fd", "prober", "sock", "start")
+    __slots__ = ("active", "deadline", "done", "fd", "prober", "sock", "start")
 
     def __init__(self, prober: TcpProber, sock: _socket.socket, start: float, done: Done) -> None:
         self.prober = prober
+        self.active = True
         self.sock: _socket.socket | None = sock
         self.start = start
         self.deadline = start + prober.timeout
@@ -129,6 +114,7 @@ class _Attempt:
         sock = self.sock
         assert sock is not None
         self.sock = None
+        self.active = False
         self.prober._loop.remove_writer(self.fd)
         self.prober.in_flight -= 1
         sock.close()

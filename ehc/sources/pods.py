@@ -5,8 +5,9 @@ ehc sets Ready=False on failure and leaves recovery to the kubelet) or with the 
 ``endpointHealthCheckSuccess`` (*gate mode*: ehc owns that condition).  An annotation with any other
 value opts the pod out, even with the gate.  Only Running pods with an IP and no deletion timestamp
 are probed.  Ports come from the containers' readiness and liveness probes (tcpSocket, httpGet,
-grpc); a named port is resolved against the container's own ports, as the kubelet does.  No port
-means ICMP.
+grpc); a named port is resolved against the container's own ports, as the kubelet does.  Each port
+becomes a TCP check; a pod without one gets an ICMP check.  This is the one place that choice is
+made: everything downstream reads the checks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ehc.kube.model import ANNOTATION, GATE, READY, Container, Pod, Probe
+from ehc.wire.checks import Check, Icmp, Tcp, port_of, target_kind
 from ehc.wire.messages import Health, Target
 
 
@@ -35,7 +37,7 @@ class PodTarget:
     uid: str
     node: str
     ip: str
-    ports: tuple[int, ...]
+    checks: tuple[Check, ...]
     mode: Mode
 
     @property
@@ -44,10 +46,14 @@ class PodTarget:
 
     @property
     def kind(self) -> str:
-        return "tcp" if self.ports else "icmp"
+        return target_kind(self.checks)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(p for c in self.checks if (p := port_of(c)))
 
     def probe_target(self, health: Health) -> Target:
-        return Target(key=self.key, ip=self.ip, ports=self.ports, health=health)
+        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +145,19 @@ def select(pod: Pod) -> Selection:
     m = pod.metadata
     # Namespaces and node names repeat across thousands of pods: one string each, not one per pod.
     namespace, node = sys.intern(m.namespace), sys.intern(pod.spec.nodeName or "")
-    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, ip, ports, mode)
+    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, ip, _checks(ports), mode)
     return Selection(target, "", tuple(problems))
+
+
+_CHECKS: dict[tuple[int, ...], tuple[Check, ...]] = {}
+
+
+def _checks(ports: tuple[int, ...]) -> tuple[Check, ...]:
+    """A TCP check per port, or ICMP without ports; one shared tuple per port combination."""
+    checks = _CHECKS.get(ports)
+    if checks is None:
+        checks = _CHECKS[ports] = tuple(Tcp(p) for p in ports) or (Icmp(),)
+    return checks
 
 
 def current_health(conditions: Mapping[str, str], mode: Mode) -> Health:

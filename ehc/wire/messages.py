@@ -10,6 +10,7 @@ from enum import IntEnum
 
 import msgspec
 
+from ehc.wire.checks import Check, kind_of, port_of
 from ehc.wire.settings import ProbeSettings
 
 
@@ -26,11 +27,11 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 
 class Target(msgspec.Struct, frozen=True, array_like=True):
-    """Something to probe.  No ports means ICMP echo; otherwise every port must accept a connect."""
+    """Something to probe: healthy while every one of its checks succeeds."""
 
     key: str
     ip: str
-    ports: tuple[int, ...] = ()
+    checks: tuple[Check, ...]
     health: Health = Health.UNKNOWN
     """Last known health: a restarted worker resumes from it instead of re-announcing every target."""
 
@@ -65,8 +66,8 @@ ToWorker = Init | Upsert | Remove | Stop
 class Hello(msgspec.Struct, tag="hello"):
     worker: int
     pid: int
-    icmp: str
-    """How ICMP is done in this worker (datagram or raw socket), or why it cannot be."""
+    probers: str
+    """What the probers said when they opened (how ICMP is done, or why it cannot be)."""
 
 
 class Transition(msgspec.Struct, frozen=True, array_like=True):
@@ -74,12 +75,19 @@ class Transition(msgspec.Struct, frozen=True, array_like=True):
 
     key: str
     health: Health
-    kind: str  # "tcp" | "icmp"
-    port: int  # 0 for ICMP
+    check: Check  # the check that failed; on success, the target's first check
     detail: str  # "" on success, else why the attempt failed ("timeout", "connrefused", ...)
     latency: float
     attempts: int  # agreeing attempts in a row that decided it
     wall_time: float
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.check)
+
+    @property
+    def port(self) -> int:
+        return port_of(self.check)
 
 
 class Transitions(msgspec.Struct, tag="transitions"):
@@ -104,13 +112,11 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
 
     worker: int
     pid: int
-    targets_tcp: int
-    targets_icmp: int
+    # By probe kind (a target mixing kinds counts under "a+b"); a new kind needs no new field.
+    targets: dict[str, int]
+    probes: dict[str, int]
+    failures: dict[str, int]
     in_flight: int
-    probes_tcp: int
-    probes_icmp: int
-    failures_tcp: int
-    failures_icmp: int
     local_errors: int
     skipped_probes: int  # not started because the worker fell a whole interval behind
     transitions: int

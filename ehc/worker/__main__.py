@@ -32,7 +32,7 @@ from ehc.wire.messages import (
     Transitions,
     Upsert,
 )
-from ehc.worker.engine import ICMP, TCP, Engine
+from ehc.worker.engine import Engine
 from ehc.worker.limits import raise_fd_limit
 
 log = logging.getLogger("ehc.worker")
@@ -119,9 +119,9 @@ class Worker(asyncio.Protocol):
     def _start(self, init: Init) -> None:
         self._init = init
         self._engine = Engine(self._loop, init.settings, self._queue_transition)
-        icmp = self._engine.start()
-        log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), icmp)
-        self._send(Hello(worker=init.worker, pid=os.getpid(), icmp=icmp))
+        said = self._engine.start()
+        log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), said)
+        self._send(Hello(worker=init.worker, pid=os.getpid(), probers=said))
         self._stats_timer = self._loop.call_later(init.stats_interval, self._report)
         self._suspects_timer = self._loop.call_later(_SUSPECTS_EVERY, self._report_suspects)
 
@@ -162,17 +162,13 @@ class Worker(asyncio.Protocol):
         now = time.monotonic()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         lag = engine.lag
-        counts = engine.target_counts
         stats = Stats(
             worker=worker,
             pid=os.getpid(),
-            targets_tcp=counts[TCP],
-            targets_icmp=counts[ICMP],
+            targets=engine.target_counts,
+            probes=dict(engine.probes),
+            failures=dict(engine.failures),
             in_flight=engine.in_flight,
-            probes_tcp=engine.probes[TCP],
-            probes_icmp=engine.probes[ICMP],
-            failures_tcp=engine.failures[TCP],
-            failures_icmp=engine.failures[ICMP],
             local_errors=engine.local_errors,
             skipped_probes=engine.skipped_probes,
             transitions=engine.transitions,

@@ -14,7 +14,9 @@ on its first success.  Local errors (no descriptors, no ports) say nothing about
 never count.
 
 Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
-its prober's deadline queue.
+its prober's deadline queue.  The engine knows no probe kind by name: each check is handed to the
+prober the registry names for its kind, and a target with several checks is one attempt that
+succeeds only when all of them do.
 """
 
 from __future__ import annotations
@@ -28,17 +30,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from ehc.probe import FAIL, LOCAL_ERROR, OK
-from ehc.probe.icmp import IcmpPinger
-from ehc.probe.tcp import TcpProber
+from ehc.probe import FAIL, LOCAL_ERROR, OK, Prober
+from ehc.probe.registry import PROBERS
+from ehc.wire.checks import Check, kind_of, target_kind
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.stats import LagWindow, LatencyHistogram
 
 log = logging.getLogger("ehc.worker")
-
-TCP = "tcp"
-ICMP = "icmp"
 
 _UNKNOWN, _HEALTHY, _UNHEALTHY = Health.UNKNOWN, Health.HEALTHY, Health.UNHEALTHY
 
@@ -55,23 +54,23 @@ class _Target:
     """A target's place on the wheel and the state of its current episode."""
 
     __slots__ = (
+        "checks",
         "family",
         "gen",
         "health",
         "ip",
         "key",
         "kind",
-        "ports",
         "removed",
         "slot",
         "votes",
     )
 
-    def __init__(self, spec: Target) -> None:
+    def __init__(self, spec: Target, checks: tuple[Check, ...], kind: str) -> None:
         self.key = spec.key
         self.ip = spec.ip
-        self.ports = spec.ports
-        self.kind = TCP if spec.ports else ICMP
+        self.checks = checks
+        self.kind = kind
         self.family = socket.AF_INET6 if ipaddress.ip_address(spec.ip).version == 6 else socket.AF_INET
         self.health = spec.health
         self.gen = 0  # bumped when an episode ends; results of older attempts are ignored
@@ -89,9 +88,9 @@ class Engine:
         settings: ProbeSettings,
         on_transition: Callable[[Transition], None],
         *,
-        tcp: TcpProber | None = None,
-        icmp: IcmpPinger | None = None,
+        probers: dict[str, Prober] | None = None,
     ) -> None:
+        """``probers`` replaces the registry's prober for the kinds it names (tests script outcomes)."""
         self._loop = loop
         self._settings = settings
         self._on_transition = on_transition
@@ -104,11 +103,15 @@ class Engine:
         self._origin = time.monotonic()  # when tick 0 was due
         self._next_tick = 0
         self._driver: asyncio.Handle | None = None
-        self._tcp = tcp or TcpProber(loop, settings.timeout)
-        self._icmp = icmp or IcmpPinger(loop)
+        given = probers or {}
+        self._probers: dict[str, Prober] = {
+            kind: given.get(kind) or cls(loop, settings.timeout) for kind, cls in PROBERS.items()
+        }
+        # Targets share their checks and kind: a worker holds tens of thousands, with a few shapes.
+        self._shapes: dict[tuple[Check, ...], tuple[tuple[Check, ...], str]] = {}
         # Cumulative figures, read by the worker's stats reporter.
-        self.probes = {TCP: 0, ICMP: 0}
-        self.failures = {TCP: 0, ICMP: 0}
+        self.probes = dict.fromkeys(PROBERS, 0)
+        self.failures = dict.fromkeys(PROBERS, 0)
         self.local_errors = 0
         self.transitions = 0
         self.suspects = 0  # targets believed up with a failure episode open
@@ -119,12 +122,12 @@ class Engine:
         self.lag = LagWindow()
 
     def start(self) -> str:
-        """Open the probe sockets and start the wheel; return how ICMP is done (for the start-up log)."""
-        mode = self._icmp.open()
+        """Open the probers and start the wheel; return what the probers said (for the start-up log)."""
+        said = "; ".join(line for prober in self._probers.values() if (line := prober.open()))
         self._origin = time.monotonic()
         self._next_tick = 0
         self._driver = self._loop.call_at(self._origin, self._drive)
-        return mode
+        return said
 
     def close(self) -> None:
         if self._driver is not None:
@@ -133,23 +136,28 @@ class Engine:
             t.removed = True
         self._targets.clear()
         self._wheel = [{} for _ in range(self._slots_n)]
-        self._tcp.close()
-        self._icmp.close()
+        for prober in self._probers.values():
+            prober.close()
 
     # ---- target set ---------------------------------------------------------------------------
 
     def upsert(self, spec: Target, *, immediate: bool = False) -> None:
-        """Add a target or change its address/ports (which starts it afresh from ``spec.health``).
+        """Add a target or change its address/checks (which starts it afresh from ``spec.health``).
 
         ``immediate`` probes it now rather than at a random phase of the interval.
-        Raises ValueError for an invalid IP address.
+        Raises ValueError for an invalid IP address or a target without checks.
         """
         old = self._targets.get(spec.key)
         if old is not None:
-            if old.ip == spec.ip and old.ports == spec.ports:
+            if old.ip == spec.ip and old.checks == spec.checks:
                 return
             self.remove(spec.key)
-        t = _Target(spec)
+        shape = self._shapes.get(spec.checks)
+        if shape is None:
+            if not spec.checks:
+                raise ValueError("no checks")
+            shape = self._shapes[spec.checks] = (spec.checks, target_kind(spec.checks))
+        t = _Target(spec, *shape)
         self._targets[spec.key] = t
         t.slot = random.randrange(self._slots_n)
         self._wheel[t.slot][t.key] = t
@@ -166,12 +174,14 @@ class Engine:
 
     @property
     def target_counts(self) -> dict[str, int]:
-        icmp = sum(1 for t in self._targets.values() if t.kind is ICMP)
-        return {TCP: len(self._targets) - icmp, ICMP: icmp}
+        counts = dict.fromkeys(PROBERS, 0)
+        for t in self._targets.values():
+            counts[t.kind] = counts.get(t.kind, 0) + 1
+        return counts
 
     @property
     def in_flight(self) -> int:
-        return self._tcp.in_flight + self._icmp.in_flight
+        return sum(prober.in_flight for prober in self._probers.values())
 
     def health(self, key: str) -> Health:
         return self._targets[key].health
@@ -215,13 +225,12 @@ class Engine:
     def _attempt(self, t: _Target) -> None:
         if t.removed:
             return
-        if t.kind is ICMP:
-            self._icmp.ping(t.ip, t.family, self._settings.timeout, partial(self._on_result, t, t.gen, 0))
-        elif len(t.ports) == 1:
-            port = t.ports[0]
-            self._tcp.probe(t.ip, port, t.family, partial(self._on_result, t, t.gen, port))
+        checks = t.checks
+        if len(checks) == 1:
+            check = checks[0]
+            self._probers[t.kind].start(t.ip, t.family, check, partial(self._on_result, t, t.gen, check))
         else:
-            _AllPorts(self, t)
+            _AllChecks(self, t)
 
     # ---- judgement ----------------------------------------------------------------------------
 
@@ -235,15 +244,17 @@ class Engine:
         else:
             self.failures[kind] += 1
 
-    def _on_result(self, t: _Target, gen: int, port: int, outcome: int, latency: float, detail: str) -> None:
+    def _on_result(
+        self, t: _Target, gen: int, check: Check, outcome: int, latency: float, detail: str
+    ) -> None:
         if outcome == OK and t.health == _HEALTHY and not t.votes:  # the common case: nothing to decide
             self.probes[t.kind] += 1
             self.latency.add(latency)
             return
         self._count(t.kind, outcome, latency)
-        self._judge(t, gen, port, outcome, latency, detail)
+        self._judge(t, gen, check, outcome, latency, detail)
 
-    def _judge(self, t: _Target, gen: int, port: int, outcome: int, latency: float, detail: str) -> None:
+    def _judge(self, t: _Target, gen: int, check: Check, outcome: int, latency: float, detail: str) -> None:
         if t.removed or gen != t.gen:
             return
         if outcome == LOCAL_ERROR:
@@ -251,7 +262,7 @@ class Engine:
             return
         ok = outcome == OK
         if ok and t.health == _UNKNOWN:
-            self._flip(t, _HEALTHY, port, detail, latency)
+            self._flip(t, _HEALTHY, check, detail, latency)
             return
         believed_up = t.health != _UNHEALTHY
         if ok == believed_up:  # agrees: any open episode is over
@@ -266,7 +277,7 @@ class Engine:
             self.suspects += 1
         needed = self._fail_needed if believed_up else self._recover_needed
         if t.votes >= needed:
-            self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, port, detail, latency)
+            self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, check, detail, latency)
         elif t.votes == 1:
             spacing = self._settings.confirm_spacing
             start = time.monotonic()
@@ -294,7 +305,7 @@ class Engine:
         self._local_error_logged_at = now
         self._local_errors_unlogged = 0
 
-    def _flip(self, t: _Target, health: Health, port: int, detail: str, latency: float) -> None:
+    def _flip(self, t: _Target, health: Health, check: Check, detail: str, latency: float) -> None:
         attempts = max(1, t.votes)
         if health == _UNHEALTHY:
             self.suspects -= 1
@@ -302,11 +313,14 @@ class Engine:
         t.votes = 0
         t.gen += 1
         self.transitions += 1
-        self._on_transition(Transition(t.key, health, t.kind, port, detail, latency, attempts, time.time()))
+        self._on_transition(Transition(t.key, health, check, detail, latency, attempts, time.time()))
 
 
-class _AllPorts:
-    """One attempt on a target with several ports: it succeeds only if every port connects."""
+class _AllChecks:
+    """One attempt on a target with several checks: it succeeds only if every check does.
+
+    The evidence is the first failure (a local error only when nothing failed); on success, the
+    target's first check with the slowest latency."""
 
     __slots__ = ("_engine", "_fail", "_gen", "_latency", "_local", "_target", "_waiting")
 
@@ -314,21 +328,25 @@ class _AllPorts:
         self._engine = engine
         self._target = t
         self._gen = t.gen
-        self._waiting = len(t.ports)
-        self._fail: tuple[int, int, float, str] | None = None
-        self._local: tuple[int, int, float, str] | None = None
+        self._waiting = len(t.checks)
+        self._fail: tuple[int, Check, float, str] | None = None
+        self._local: tuple[int, Check, float, str] | None = None
         self._latency = 0.0
-        for port in t.ports:
-            engine._tcp.probe(t.ip, port, t.family, partial(self._on_port, port))
+        for check in t.checks:
+            prober = engine._probers[kind_of(check)]
+            prober.start(t.ip, t.family, check, partial(self._on_check, check))
 
-    def _on_port(self, port: int, outcome: int, latency: float, detail: str) -> None:
-        self._engine._count(TCP, outcome, latency)
+    def _on_check(self, check: Check, outcome: int, latency: float, detail: str) -> None:
+        self._engine._count(kind_of(check), outcome, latency)
         if outcome == FAIL and self._fail is None:
-            self._fail = (FAIL, port, latency, detail)
+            self._fail = (FAIL, check, latency, detail)
         elif outcome == LOCAL_ERROR and self._local is None:
-            self._local = (LOCAL_ERROR, port, latency, detail)
+            self._local = (LOCAL_ERROR, check, latency, detail)
         self._latency = max(self._latency, latency)
         self._waiting -= 1
         if not self._waiting:
-            outcome, port, latency, detail = self._fail or self._local or (OK, 0, self._latency, "")
-            self._engine._judge(self._target, self._gen, port, outcome, latency, detail)
+            t = self._target
+            outcome, check, latency, detail = (
+                self._fail or self._local or (OK, t.checks[0], self._latency, "")
+            )
+            self._engine._judge(t, self._gen, check, outcome, latency, detail)

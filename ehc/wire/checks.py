@@ -1,0 +1,53 @@
+"""What to check on a target, as it crosses the pipe: a tagged union, one struct per probe kind.
+
+The tag is the probe kind: the worker's registry maps it to the prober that runs the check, and
+stats and metrics count by it.  A target carries one or more checks and is healthy only while every
+one of them succeeds.  Adding a kind is a struct here, a module in ``ehc.probe`` and a registry
+entry; nothing else infers a kind.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import msgspec
+
+
+class Tcp(msgspec.Struct, tag="tcp", frozen=True, array_like=True):
+    """TCP connect to ``port``: success once the handshake completes."""
+
+    port: int
+
+
+class Icmp(msgspec.Struct, tag="icmp", frozen=True, array_like=True):
+    """ICMP echo: success on a matching echo reply."""
+
+
+Check = Tcp | Icmp
+
+KINDS: tuple[str, ...] = tuple(c.__struct_config__.tag for c in typing.get_args(Check))  # type: ignore[misc]
+"""Every probe kind, in the order of the union."""
+
+
+def kind_of(check: Check) -> str:
+    return check.__struct_config__.tag  # type: ignore[return-value]
+
+
+def port_of(check: Check) -> int:
+    """The port a check connects to; 0 for a check without one (ICMP)."""
+    return getattr(check, "port", 0)
+
+
+def describe(check: Check, ip: str) -> str:
+    """``tcp 10.0.0.7:8080``, ``icmp 10.0.0.7``, ``tcp [fd00::7]:8080``: for logs and messages."""
+    port = port_of(check)
+    if not port:
+        return f"{kind_of(check)} {ip}"
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"{kind_of(check)} {host}:{port}"
+
+
+def target_kind(checks: tuple[Check, ...]) -> str:
+    """The kind a target is counted under: its checks' kind, or ``a+b`` when they mix."""
+    kinds = sorted({kind_of(c) for c in checks})
+    return kinds[0] if len(kinds) == 1 else "+".join(kinds)
