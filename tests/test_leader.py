@@ -205,6 +205,22 @@ async def test_takeover_increments_transitions_each_time() -> None:
             await asyncio.wait_for(task, 1)
 
 
+async def test_is_leader_follows_the_injected_clock() -> None:
+    """The renew deadline is measured on the elector's clock: with renewals hanging, leadership ends
+    exactly when that clock passes the deadline, not when the test's wall clock does."""
+    now = [1000.0]
+    async with cluster() as sim, candidates(sim, "a", clock=lambda: now[0]) as ([a], log):
+        await until(a.elector.is_leader)
+        sim.api.faults.delay(5.0, path=LEASES)  # from now on no renewal lands
+        await asyncio.sleep(FAST["renew_deadline"] + 0.2)  # real time passes, the elector's clock does not
+        assert a.elector.is_leader()
+        now[0] += FAST["renew_deadline"] - 0.01
+        assert a.elector.is_leader()
+        now[0] += 0.01
+        assert not a.elector.is_leader()
+        await until(lambda: bool(a.events("stopped")), timeout=3)
+
+
 @pytest.mark.parametrize(
     ("lease_duration", "renew_deadline", "retry_period"), [(2, 2, 0.5), (4, 2, 2), (4, 2, 0)]
 )

@@ -291,3 +291,33 @@ async def test_can_write_false_holds_and_true_releases() -> None:
 def test_rejects_bad_settings(qps: float) -> None:
     with pytest.raises(ValueError):
         Patcher(None, qps=qps)  # type: ignore[arg-type]
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_qps_budget_follows_the_injected_clock() -> None:
+    """With the clock standing still the bucket never refills, however long the test waits."""
+    async with cluster() as sim:
+        names = add_pods(sim, 3)
+        clock = FakeClock()
+        async with running(sim, qps=1, burst=1, batch_window=0.0, clock=clock) as (patcher, done):
+            for n in names:
+                patcher.submit(decision(sim, n, ("Ready", "False")))
+            await done.wait(1)
+            await asyncio.sleep(0.3)
+            assert done.outcomes() == ["ok"] and patcher.queue_depth == 2
+            clock.now += 1.0  # one second's worth of budget: one more write
+            patcher.wake()
+            await done.wait(2)
+            await asyncio.sleep(0.3)
+            assert done.outcomes() == ["ok"] * 2 and patcher.queue_depth == 1
+            clock.now += 1.0
+            patcher.wake()
+            await done.wait(3)
+        assert len(status_writes(sim)) == 3

@@ -1,5 +1,6 @@
-"""PodWatcher through the real kubernetes_asyncio client: against the simulated API server, and against a
-tiny scripted server of our own for what the simulator cannot send (garbage lines, HTTP 410 on a watch)."""
+"""PodWatcher (and the same ListWatcher for other resources) through the real kubernetes_asyncio client:
+against the simulated API server, and against a tiny scripted server of our own for what the simulator
+cannot send (garbage lines, HTTP 410 on a watch, EndpointSlices)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
 from ehc.kube.client import make_api_client
-from ehc.kube.model import Pod
-from ehc.kube.watch import PodWatcher
+from ehc.kube.model import ObjectMeta, Pod
+from ehc.kube.watch import ListWatcher, PodWatcher, Resource, key_of
 from ehc.sim import SimCluster
 from ehc.sim.faults import PODS
 
@@ -276,6 +278,80 @@ async def test_cancel_closes_the_watch(sim: SimCluster, api: client.ApiClient) -
     await wait_until(lambda: sim.api.watcher_count() == 0, "the server saw the watch go away")
 
 
+class LeaseSpec(msgspec.Struct):
+    holderIdentity: str | None = None
+
+
+class Lease(msgspec.Struct):
+    """A lean Lease: the watcher decodes whatever item type the resource names."""
+
+    metadata: ObjectMeta
+    spec: LeaseSpec = msgspec.field(default_factory=LeaseSpec)
+
+
+class Collector:
+    """Any resource's pages, snapshots and events, by key."""
+
+    def __init__(self) -> None:
+        self.pages: list[list[str]] = []
+        self.snapshots: list[list[str]] = []
+        self.events: list[tuple[str, str]] = []
+        self.items: dict[str, Any] = {}
+
+    def on_page(self, items: list[Any]) -> None:
+        self.pages.append([key_of(i) for i in items])
+        self.items.update((key_of(i), i) for i in items)
+
+    def on_snapshot(self, keys: set[str]) -> None:
+        self.snapshots.append(sorted(keys))
+        self.items = {k: i for k, i in self.items.items() if k in keys}
+
+    def on_event(self, kind: str, item: Any) -> None:
+        self.events.append((kind, key_of(item)))
+        if kind == "DELETED":
+            self.items.pop(key_of(item), None)
+        else:
+            self.items[key_of(item)] = item
+
+
+def lease_json(name: str, ns: str, holder: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": ns}, "spec": {"holderIdentity": holder}}
+
+
+async def test_another_resource_leases_from_the_simulated_server(
+    sim: SimCluster, api: client.ApiClient
+) -> None:
+    leases = sim.api.leases
+    for name, ns in [("a", "default"), ("b", "default"), ("c", "default"), ("elsewhere", "kube-system")]:
+        leases.create(lease_json(name, ns, "first"))
+    got = Collector()
+    resource = Resource("coordination.k8s.io", "v1", "leases", "lease", Lease, namespace="default")
+    assert resource.path == "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+    w = ListWatcher(
+        api, resource, on_page=got.on_page, on_snapshot=got.on_snapshot, on_event=got.on_event,
+        page_size=2, backoff=FAST,
+    )  # fmt: skip
+    async with running(w) as task:
+        await asyncio.wait_for(w.wait_synced(), 10)
+        assert got.pages == [["default/a", "default/b"], ["default/c"]]
+        assert got.snapshots == [["default/a", "default/b", "default/c"]]
+        leases.update("default", "b", lease_json("b", "default", "second"))
+        leases.delete("default", "c")
+        leases.create(lease_json("d", "default", "first"))
+        leases.create(lease_json("ignored", "kube-system", "first"))
+        await wait_until(lambda: len(got.events) == 3, "three lease events")
+        assert got.events == [("MODIFIED", "default/b"), ("DELETED", "default/c"), ("ADDED", "default/d")]
+        assert got.items["default/b"].spec.holderIdentity == "second"
+        await wait_until(lambda: w.bookmarks > 0, "a bookmark")
+        # the same relist on 410 as for pods
+        sim.api.close_watches(abrupt=True)
+        leases.delete("default", "a")
+        sim.api.compact()
+        await wait_until(lambda: len(got.snapshots) == 2, "a relist")
+        assert w.relists == 1 and sorted(got.items) == ["default/b", "default/d"]
+        assert not task.done()
+
+
 # -- a scripted server of our own ---------------------------------------------------------------------
 
 
@@ -488,3 +564,85 @@ async def test_connection_refused_until_the_server_appears(
             await server.stop()
     assert rec.snapshots == [["default/p0"]]
     assert any(r.levelno == logging.WARNING and "pod list failed" in r.getMessage() for r in caplog.records)
+
+
+class EndpointConditions(msgspec.Struct):
+    ready: bool | None = None
+    serving: bool | None = None
+
+
+class Endpoint(msgspec.Struct):
+    addresses: list[str]
+    conditions: EndpointConditions = msgspec.field(default_factory=EndpointConditions)
+
+
+class EndpointSlice(msgspec.Struct):
+    metadata: ObjectMeta
+    endpoints: list[Endpoint] = []
+
+
+def slice_json(name: str, rv: int, ready: bool) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": str(rv)},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": ready, "serving": ready}}],
+    }
+
+
+async def test_another_resource_endpointslices_from_a_scripted_server(tmp_path: Path) -> None:
+    """The simulator serves no EndpointSlices: a list and a watch of discovery.k8s.io/v1 of our own."""
+    path = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"
+    queries: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        queries.append(dict(request.query))
+        if request.query.get("watch") != "true":
+            body = {"kind": "EndpointSliceList", "metadata": {"resourceVersion": "7"},
+                    "items": [slice_json("web-abc", 7, True)]}  # fmt: skip
+            return web.json_response(body)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for kind, obj in [
+            ("MODIFIED", slice_json("web-abc", 8, False)),
+            ("ADDED", slice_json("web-def", 9, True)),
+        ]:
+            await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+        await asyncio.Event().wait()  # held open until the client goes away
+        return resp
+
+    app = web.Application()
+    app.router.add_get(path, handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    got = Collector()
+    resource = Resource(
+        "discovery.k8s.io", "v1", "endpointslices", "endpointslice", EndpointSlice,
+        namespace="shop", label_selector="kubernetes.io/service-name=web",
+    )  # fmt: skip
+    try:
+        ac = await make_api_client(write_kubeconfig(tmp_path / "kubeconfig", port))
+        async with ac:
+            w = ListWatcher(
+                ac, resource, on_page=got.on_page, on_snapshot=got.on_snapshot, on_event=got.on_event,
+                backoff=FAST,
+            )  # fmt: skip
+            async with running(w):
+                await wait_until(lambda: len(got.events) == 2, "two slice events")
+                assert got.snapshots == [["shop/web-abc"]]
+                assert got.events == [("MODIFIED", "shop/web-abc"), ("ADDED", "shop/web-def")]
+                conditions = got.items["shop/web-abc"].endpoints[0].conditions
+                assert (conditions.ready, conditions.serving) == (False, False)
+                assert w.resource_version == "9" and w.reconnects == 0
+    finally:
+        await runner.cleanup()
+    selector = "kubernetes.io/service-name=web"
+    assert queries[0] == {"labelSelector": selector, "limit": "500"}
+    assert queries[1] == {
+        "labelSelector": selector, "watch": "true", "resourceVersion": "7", "allowWatchBookmarks": "true",
+        "timeoutSeconds": "300",
+    }  # fmt: skip

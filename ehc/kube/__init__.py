@@ -1,1 +1,2 @@
-"""Talking to the API server: client, lean models, list + watch, Lease election, Events, status writes."""
+"""Talking to the API server: client, one request path, lean models, list + watch, Lease election, Events,
+status writes."""

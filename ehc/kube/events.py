@@ -4,8 +4,10 @@
 (another event with the same pod and reason was accepted less than ``per_pod_interval`` ago; the
 suppressed occurrences are folded into the ``count`` of the next event accepted for that pod and
 reason) or, with the queue full, counts it as ``dropped``.  ``run()`` creates the queued events with a
-few requests in flight; an API failure is logged and counted in ``failed``, never retried or raised —
-events are advisory, the pod's conditions are the record that matters.
+few requests in flight, through ``ehc.kube.request``.  An API failure is logged and counted in
+``failed``, never retried (not even a retryable ``ApiError``) or raised: events are advisory, the pod's
+conditions are the record that matters, and retrying them would compete with the status patches for
+the API server's attention exactly when it is struggling.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client import ApiClient
 
 from ehc.kube.model import rfc3339
+from ehc.kube.request import ApiError, api_path, request
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class EventRecorder:
         concurrency: int = 4,
         request_timeout: float = 5.0,
     ) -> None:
-        self._core = CoreV1Api(api)
+        self._api = api
         self.component = component
         self.host = host
         self.per_pod_interval = per_pod_interval
@@ -155,28 +157,15 @@ class EventRecorder:
         }
 
     async def _send(self, ev: _Event) -> None:
+        path = api_path("", "v1", "events", namespace=ev.namespace)
         try:
-            resp = await self._core.create_namespaced_event(
-                ev.namespace,
-                self.body(ev),
-                _preload_content=False,
-                _request_timeout=self.request_timeout,
-            )
-            try:
-                data = await resp.read()
-            finally:
-                resp.release()
-            status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            status, data = 0, f"{type(exc).__name__}: {exc}".encode()
-        except Exception as exc:
-            log.warning("unexpected error creating an event", exc_info=True)
-            status, data = 0, repr(exc).encode()
-        if 200 <= status < 300:
-            self.sent += 1
+            await request(self._api, "POST", path, body=self.body(ev), timeout=self.request_timeout)
+        except ApiError as exc:
+            self.failed += 1
+            log.warning("could not create event %s for pod %s/%s: %s", ev.reason, ev.namespace, ev.name, exc)
             return
-        self.failed += 1
-        log.warning(
-            "could not create event %s for pod %s/%s (%s): %s",
-            ev.reason, ev.namespace, ev.name, status or "no answer", data[:200].decode("utf-8", "replace"),
-        )  # fmt: skip
+        except Exception:
+            self.failed += 1
+            log.warning("unexpected error creating an event", exc_info=True)
+            return
+        self.sent += 1

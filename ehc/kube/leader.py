@@ -13,14 +13,22 @@
 - ``release()`` (SIGTERM) stops leading first, then writes an empty holder with
   ``leaseDurationSeconds: 1`` so a standby takes over at its next retry.
 
-Requests go through the kubernetes_asyncio client with ``_preload_content=False``: the lease is read
-and written as plain JSON, so the MicroTime fields keep exactly the format the API server uses.
+Requests go through ``ehc.kube.request``: the lease is read and written as plain JSON, so the
+MicroTime fields keep exactly the format the API server uses.
+
+Failed attempts are retried every ``retry_period`` (× 1.0–1.2 jitter while acquiring), client-go's
+cadence, not the exponential ``Backoff``: a standby must look at the lease at a steady pace to take
+over soon after it expires, and a leader must retry its renewal before the renew deadline passes;
+a backoff that grows would break both bounds.  One small request per ``retry_period`` per candidate
+is no load worth backing off from.
+
+``clock`` (monotonic seconds) is the one time source of the election's logic: lease validity, the
+renew deadline and ``is_leader()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -30,9 +38,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import msgspec
-from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
+from kubernetes_asyncio.client import ApiClient
+
+from ehc.kube.request import ApiError, api_path, request
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,7 @@ class LeaderElector:
         retry_period: float = 0.5,
         on_started_leading: Callback = _noop,
         on_stopped_leading: Callback = _noop,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not identity:
             raise ValueError("leader election needs a non-empty identity")
@@ -93,7 +103,10 @@ class LeaderElector:
                 "leader election needs 0 < retry_period < renew_deadline < lease_duration, got "
                 f"{retry_period} / {renew_deadline} / {lease_duration}"
             )
-        self._coord = CoordinationV1Api(api)
+        self._api = api
+        self._clock = clock
+        self._collection = api_path("coordination.k8s.io", "v1", "leases", namespace=namespace)
+        self._path = api_path("coordination.k8s.io", "v1", "leases", namespace=namespace, name=name)
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -115,7 +128,7 @@ class LeaderElector:
 
     # -- public -----------------------------------------------------------------------------------
     def is_leader(self) -> bool:
-        return self._leading and time.monotonic() - self._last_renew < self.renew_deadline
+        return self._leading and self._clock() - self._last_renew < self.renew_deadline
 
     @property
     def transitions(self) -> int:
@@ -149,24 +162,22 @@ class LeaderElector:
             task.cancel()
             await asyncio.wait([task])
         await self._stop_leading("releasing the lease")
+        timeout = self.renew_deadline
         for _ in range(3):
             if self._obj is None or _holder(self._obj) != self.identity:
                 return
-            obj = self._updated(self._obj, release=True)
-            status, got = await self._call(
-                self._coord.replace_namespaced_lease, self.name, self.namespace, obj
-            )
-            if 200 <= status < 300 and got is not None:
-                self._obj = got
+            try:
+                self._obj = await self._send("PUT", self._updated(self._obj, release=True), timeout)
                 log.info("released lease %s/%s", self.namespace, self.name)
                 return
-            if status != 409:
-                log.warning("could not release lease %s/%s (HTTP %s)", self.namespace, self.name, status)
+            except Exception as exc:  # best effort on the way out: never raise
+                if not (isinstance(exc, ApiError) and exc.status == 409):
+                    log.warning("could not release lease %s/%s (%s)", self.namespace, self.name, exc)
+                    return
+            try:  # someone wrote it since we last did: read it and look again
+                self._obj = await self._send("GET", None, timeout)
+            except Exception:
                 return
-            status, got = await self._call(self._coord.read_namespaced_lease, self.name, self.namespace)
-            if not 200 <= status < 300 or got is None:
-                return
-            self._obj = got
 
     # -- campaign ---------------------------------------------------------------------------------
     async def _acquire(self) -> None:
@@ -181,14 +192,14 @@ class LeaderElector:
             await asyncio.sleep(self.retry_period)
             while True:
                 deadline = self._last_renew + self.renew_deadline
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._clock()
                 if remaining <= 0 or self._lost:
                     return
                 if await self._attempt(remaining):
                     break
                 if self._lost:
                     return
-                await asyncio.sleep(min(self.retry_period, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(self.retry_period, max(0.0, deadline - self._clock())))
 
     async def _attempt(self, timeout: float) -> bool:
         try:
@@ -196,44 +207,29 @@ class LeaderElector:
                 return await self._try_acquire_or_renew(timeout)
         except TimeoutError:
             log.debug("lease %s/%s: request timed out", self.namespace, self.name)
+        except ApiError as exc:
+            log.debug("lease %s/%s: %s", self.namespace, self.name, exc)
         except Exception:
             log.warning("lease %s/%s: unexpected error", self.namespace, self.name, exc_info=True)
         return False
 
     async def _try_acquire_or_renew(self, timeout: float) -> bool:
-        sent = time.monotonic()
+        """One round of client-go's tryAcquireOrRenew; an ``ApiError`` other than the 404 and 409
+        it expects means this round failed."""
+        sent = self._clock()
         if self._leading and self._obj is not None:  # fast path: update what we wrote last time
-            status, got = await self._call(
-                self._coord.replace_namespaced_lease,
-                self.name, self.namespace, self._updated(self._obj), timeout=timeout,
-            )  # fmt: skip
-            if 200 <= status < 300 and got is not None:
-                return self._won(got, sent)
-            if status != 409:
-                return False
-            sent = time.monotonic()  # someone else wrote it: read it and decide again
-        status, got = await self._call(
-            self._coord.read_namespaced_lease, self.name, self.namespace, timeout=timeout
-        )
-        if status == 404:
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": {},
-            }
-            body = self._updated(body, new_holder=True)
-            body["spec"]["leaseTransitions"] = 0
-            status, got = await self._call(
-                self._coord.create_namespaced_lease, self.namespace, body, timeout=timeout
-            )
-            if 200 <= status < 300 and got is not None:
-                return self._won(got, sent)
-            if status == 409:
-                log.debug("lease %s/%s was created by someone else", self.namespace, self.name)
-            return False
-        if not 200 <= status < 300 or got is None:
-            return False
+            try:
+                return self._won(await self._send("PUT", self._updated(self._obj), timeout), sent)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+            sent = self._clock()  # someone else wrote it: read it and decide again
+        try:
+            got = await self._send("GET", None, timeout)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return await self._create(sent, timeout)
         self._observe(got)
         holder = _holder(got)
         if holder and holder != self.identity:
@@ -244,14 +240,25 @@ class LeaderElector:
             if self._lease_valid():
                 return False
             log.info("lease %s/%s held by %s has expired", self.namespace, self.name, holder)
-        status, got = await self._call(
-            self._coord.replace_namespaced_lease,
-            self.name, self.namespace, self._updated(got, new_holder=holder != self.identity),
-            timeout=timeout,
-        )  # fmt: skip
-        if 200 <= status < 300 and got is not None:
-            return self._won(got, sent)
-        return False
+        renewed = self._updated(got, new_holder=holder != self.identity)
+        return self._won(await self._send("PUT", renewed, timeout), sent)
+
+    async def _create(self, sent: float, timeout: float) -> bool:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {},
+        }
+        body = self._updated(body, new_holder=True)
+        body["spec"]["leaseTransitions"] = 0
+        try:
+            return self._won(await self._send("POST", body, timeout), sent)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            log.debug("lease %s/%s was created by someone else", self.namespace, self.name)
+            return False
 
     def _won(self, obj: dict[str, Any], sent: float) -> bool:
         self._obj = obj
@@ -264,7 +271,7 @@ class LeaderElector:
         record = _record(obj)
         if record != self._observed:
             self._observed = record
-            self._observed_at = time.monotonic() if at is None else at
+            self._observed_at = self._clock() if at is None else at
         if record[0] != self.observed_holder:
             self.observed_holder = record[0]
             log.info("lease %s/%s: holder is now %r", self.namespace, self.name, record[0])
@@ -274,7 +281,7 @@ class LeaderElector:
         if self._observed is None:
             return False
         duration = self._observed[1] or self.lease_duration
-        return self._observed_at + duration > time.monotonic()
+        return self._observed_at + duration > self._clock()
 
     def _updated(
         self, obj: dict[str, Any], *, new_holder: bool = False, release: bool = False
@@ -326,27 +333,8 @@ class LeaderElector:
             log.exception("on_stopped_leading failed")
 
     # -- HTTP -------------------------------------------------------------------------------------
-    async def _call(
-        self, method: Callable[..., Any], *args: Any, timeout: float | None = None
-    ) -> tuple[int, dict[str, Any] | None]:
-        """One request; (HTTP status, decoded object on 2xx). Status 0: no answer (logged)."""
-        try:
-            resp = await method(
-                *args, _preload_content=False, _request_timeout=timeout or self.renew_deadline
-            )
-            try:
-                body = await resp.read()
-            finally:
-                resp.release()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.debug("lease %s/%s: %s: %s", self.namespace, self.name, type(exc).__name__, exc)
-            return 0, None
-        if 200 <= resp.status < 300:
-            with contextlib.suppress(msgspec.DecodeError):
-                obj = msgspec.json.decode(body)
-                if isinstance(obj, dict):
-                    return resp.status, obj
-            return 0, None
-        if resp.status not in (404, 409):
-            log.debug("lease %s/%s: HTTP %d", self.namespace, self.name, resp.status)
-        return resp.status, None
+    async def _send(self, method: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        """GET or PUT the lease, or POST it to the collection; the lease as the server returned it."""
+        path = self._collection if method == "POST" else self._path
+        data = await request(self._api, method, path, body=body, timeout=timeout)
+        return msgspec.json.decode(data, type=dict[str, Any])

@@ -1,4 +1,5 @@
-"""The few fields of a Pod that ehc reads, as msgspec Structs decoded straight from the API's JSON.
+"""The few fields of a Pod that ehc reads, as msgspec Structs decoded straight from the API's JSON,
+and the generic envelopes around any resource: lists, watch events, bookmarks, error Statuses.
 
 The generated client models build a deep object graph for every field of every pod; at thousands of
 pods per second that is the coordinator's bottleneck.  These structs keep only what ehc needs and
@@ -8,6 +9,7 @@ ignore everything else while decoding.
 from __future__ import annotations
 
 import time
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -106,13 +108,25 @@ class ListMeta(msgspec.Struct):
     continue_: str | None = msgspec.field(default=None, name="continue")
 
 
-class PodList(msgspec.Struct):
+class HasMetadata(Protocol):
+    """What list + watch needs of any item: its name, namespace and resourceVersion."""
+
+    @property
+    def metadata(self) -> ObjectMeta: ...
+
+
+T = TypeVar("T", bound=HasMetadata)
+
+
+class ObjectList(msgspec.Struct, Generic[T]):
+    """Any ``…List`` answer, decoded as ``ObjectList[Pod]`` and the like."""
+
     metadata: ListMeta
-    items: list[Pod] = []
+    items: list[T] = []
 
 
 class WatchEvent(msgspec.Struct):
-    """One line of a watch stream; ``object`` is decoded later by type (Pod, or Status on ERROR)."""
+    """One line of a watch stream; ``object`` is decoded later by type (the item, or Status on ERROR)."""
 
     type: str
     object: msgspec.Raw
@@ -131,7 +145,6 @@ class Bookmark(msgspec.Struct):
 
 
 pod_decoder = msgspec.json.Decoder(Pod)
-pod_list_decoder = msgspec.json.Decoder(PodList)
 watch_event_decoder = msgspec.json.Decoder(WatchEvent)
 status_decoder = msgspec.json.Decoder(Status)
 bookmark_decoder = msgspec.json.Decoder(Bookmark)

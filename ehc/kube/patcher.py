@@ -12,10 +12,11 @@ Rules (DESIGN.md §1 "Patcher", §4):
   written after a newer one.
 - Decisions submitted within ``batch_window`` of the first one of a burst are released together, up to
   ``concurrency`` requests in flight, each request paying one token of a ``qps``/``burst`` bucket.
-- 429 and 503 (honouring Retry-After, which also pauses all sending for that long: the server asked
-  this client, not this pod, to slow down), 408, other 5xx, timeouts and connection errors are retried with exponential backoff and jitter, up to ``max_attempts``.  404 is
-  ``"not_found"`` (INFO), 409/422 ``"dropped"`` (WARNING), any other status or exhausted attempts
-  ``"failed"`` (ERROR).
+- What ``ApiError.retryable`` calls retryable (no answer, timeouts, 408, 429, 5xx) is retried with the
+  one ``Backoff`` (exponential, full jitter), never sooner than the server's Retry-After, up to
+  ``max_attempts``.  A 429 or 503 with Retry-After also pauses all sending for that long: the server
+  asked this client, not this pod, to slow down.  404 is ``"not_found"`` (INFO), 409/422
+  ``"dropped"`` (WARNING), any other status or exhausted attempts ``"failed"`` (ERROR).
 - ``can_write()`` is asked immediately before each request; while it is False nothing is sent and
   nothing is dropped.
 
@@ -23,8 +24,9 @@ Every submitted decision gets exactly one ``on_done(decision, outcome, seconds_s
 except those removed by ``cancel()`` or ``close()`` (the owner asked for that itself; a cancelled
 request already in flight still reports ``"ok"`` if it landed, and is otherwise dropped silently).
 
-Responses are read as raw bytes (``_preload_content=False``): deserializing a whole ``V1Pod`` model per
-patch would cost more than the request.
+Requests go through ``ehc.kube.request``, which reads the answer as raw bytes: deserializing a whole
+``V1Pod`` model per patch would cost more than the request.  ``clock`` (monotonic seconds) drives the
+batching window, the backoff deadlines, the Retry-After pause and the token bucket.
 """
 
 from __future__ import annotations
@@ -33,23 +35,21 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import msgspec
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client import ApiClient
 
-from ehc.kube.model import Condition, status_decoder
+from ehc.kube.model import Condition
+from ehc.kube.request import ApiError, Backoff, api_path, request
 
 log = logging.getLogger(__name__)
 
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 OUTCOMES = ("ok", "not_found", "dropped", "failed", "superseded")
 _HOLD_POLL = 0.05  # how often a held queue asks can_write() again (wake() makes it immediate)
-_MAX_RETRY_AFTER = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +72,13 @@ class Decision:
 class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
         if rate <= 0:
             raise ValueError("qps must be > 0")
         self.rate = rate
         self.burst = max(1, burst)
         self.tokens = float(self.burst)
-        self.stamp = time.monotonic()
+        self.stamp = now
 
     def take(self, now: float) -> float:
         """Take a token and return 0, or return the seconds until one is available (taking nothing)."""
@@ -118,15 +118,17 @@ class Patcher:
         can_write: Callable[[], bool] = lambda: True,
         on_done: Callable[[Decision, str, float], None] | None = None,
         request_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be >= 1")
-        self._bucket = TokenBucket(qps, burst)
-        self._core = CoreV1Api(api)
+        self._clock = clock
+        self._bucket = TokenBucket(qps, burst, clock())
+        self._api = api
         self.concurrency = concurrency
         self.batch_window = max(0.0, batch_window)
         self.max_attempts = max_attempts
-        self.backoff = backoff
+        self._backoff = Backoff(*backoff)  # by each decision's own attempt count
         self.request_timeout = request_timeout
         self._can_write = can_write
         self._on_done = on_done
@@ -152,7 +154,7 @@ class Patcher:
 
     def submit(self, d: Decision) -> None:
         """Queue ``d``; a decision still queued for the same pod is replaced ("superseded")."""
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._window_end:  # open a batching window; later submissions join it
             self._window_end = now + self.batch_window
         ready = self._window_end
@@ -193,7 +195,7 @@ class Patcher:
         try:
             while True:
                 self._wake.clear()
-                wait = self._dispatch(time.monotonic())
+                wait = self._dispatch(self._clock())
                 if wait is None:
                     await self._wake.wait()
                 else:
@@ -244,36 +246,44 @@ class Patcher:
         key = d.key
         outcome: str | None = None
         retry_after: float | None = None
+        pause_all = False
         detail = ""
         try:
             if not self._can_write():  # lost the lease between dispatch and now: hold it again
-                self._requeue(item, time.monotonic(), 0.0, "write not allowed")
+                self._requeue(item, self._clock(), 0.0, "write not allowed")
                 return
             item.attempts += 1
             self.requests += 1
-            status, body, retry_after = await self._patch(d)
-            if 200 <= status < 300:
-                outcome = "ok"
-            elif status == 404:
+            await request(
+                self._api,
+                "PATCH",
+                api_path("", "v1", "pods", namespace=d.namespace, name=d.name, subresource="status"),
+                body=d.body(),
+                content_type=STRATEGIC_MERGE,
+                timeout=self.request_timeout,
+            )
+            outcome = "ok"
+        except ApiError as err:
+            if err.status == 404:
                 outcome = "not_found"
                 log.info("pod %s is gone; dropping its patch", key)
-            elif status in (409, 422):
+            elif err.status in (409, 422):
                 outcome = "dropped"
-                log.warning("patch of %s rejected (%d): %s; dropped", key, status, _message(body))
-            elif status in (408, 429) or status >= 500:
-                detail = f"HTTP {status}: {_message(body)}"
+                log.warning("patch of %s rejected (%s); dropped", key, err)
+            elif err.retryable:
+                detail = str(err)
+                retry_after = err.retry_after
+                pause_all = err.status in (429, 503)
             else:
                 outcome = "failed"
-                log.error("patch of %s failed (%d): %s", key, status, _message(body))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
+                log.error("patch of %s failed (%s)", key, err)
         except asyncio.CancelledError:
             self._inflight.pop(key, None)
             raise
         except Exception as exc:  # an unexpected client error must not kill the patcher
             log.warning("unexpected error patching %s", key, exc_info=True)
             detail = f"{type(exc).__name__}: {exc}"
-        now = time.monotonic()
+        now = self._clock()
         if outcome is not None:
             self._finish(item, outcome, now)
             return
@@ -281,10 +291,9 @@ class Patcher:
             log.error("patch of %s failed after %d attempts: %s", key, item.attempts, detail)
             self._finish(item, "failed", now)
             return
-        delay = self._backoff(item.attempts)
-        if retry_after is not None:
+        delay = self._backoff.delay(item.attempts - 1, retry_after)
+        if pause_all and retry_after is not None:
             self._paused_until = max(self._paused_until, now + retry_after)
-            delay = max(delay, retry_after)
         log.debug("patch of %s: %s; retry in %.2fs (attempt %d)", key, detail, delay, item.attempts)
         self._requeue(item, now, delay, detail)
 
@@ -316,11 +325,6 @@ class Patcher:
         if nxt is not None:
             heapq.heappush(self._heap, (nxt.ready_at, nxt.seq, key))
 
-    def _backoff(self, attempts: int) -> float:
-        base, cap = self.backoff
-        d = min(cap, base * (2 ** (attempts - 1)))
-        return d * random.uniform(0.5, 1.0)
-
     def _report(self, item: _Item, outcome: str, now: float) -> None:
         self.counts[outcome] += 1
         if self._on_done is None:
@@ -329,38 +333,3 @@ class Patcher:
             self._on_done(item.decision, outcome, now - item.submitted)
         except Exception:
             log.exception("patcher on_done callback failed")
-
-    async def _patch(self, d: Decision) -> tuple[int, bytes, float | None]:
-        """One PATCH; returns (HTTP status, body, Retry-After seconds if a 429/503 gave one)."""
-        resp = await self._core.patch_namespaced_pod_status(
-            d.name,
-            d.namespace,
-            d.body(),
-            _content_type=STRATEGIC_MERGE,
-            _preload_content=False,
-            _request_timeout=self.request_timeout,
-        )
-        try:
-            body = await resp.read()
-            retry_after = None
-            if resp.status in (429, 503):
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-            return resp.status, body, retry_after
-        finally:
-            resp.release()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return min(_MAX_RETRY_AFTER, max(0.0, float(value)))
-    except ValueError:
-        return None  # an HTTP date: rare from the API server; the backoff applies instead
-
-
-def _message(body: bytes) -> str:
-    try:
-        return status_decoder.decode(body).message or body[:200].decode("utf-8", "replace")
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return body[:200].decode("utf-8", "replace")
