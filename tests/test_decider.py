@@ -1,15 +1,91 @@
-"""The decider: write only differences, debounce flaps, respect modes, fail safe."""
+"""Verdicts and what they write: the decider (health, fail-safe) driving the pod source's condition
+policy, fed as the watch would feed it.  Write only differences, debounce flaps, respect modes, fail safe."""
 
 from __future__ import annotations
 
 import time
 
+import msgspec
+
 from ehc.coordinator.decider import Decider
-from ehc.kube.model import GATE, READY, Condition
+from ehc.kube.model import ANNOTATION, GATE, READY, Condition, Pod
 from ehc.kube.patcher import Decision
-from ehc.sources.pods import Mode, PodTarget
+from ehc.sources.pods import Mode, PodSource, PodTarget
 from ehc.wire.checks import Tcp
-from ehc.wire.messages import Health, Transition
+from ehc.wire.messages import Health, Target, Transition
+
+
+class Events:
+    def __init__(self) -> None:
+        self.emitted: list[dict[str, str]] = []
+
+    def emit(self, **event: str) -> None:
+        self.emitted.append(event)
+
+
+class Pipeline:
+    """The decider and the pod source wired as the controller wires them (the test is the sink)."""
+
+    def __init__(self, sink: Sink, **kw: object) -> None:
+        self.decider = Decider(
+            on_verdict=self._verdict,
+            on_failsafe=lambda on, dark, total: sink.failsafe.append(on),
+            **kw,  # type: ignore[arg-type]
+        )
+        self.source = PodSource(
+            self, submit=sink.submitted.append, cancel=sink.cancelled.append, events=Events()
+        )  # type: ignore[arg-type]
+
+    def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
+        self.source.verdict(key, verdict, tr)
+
+    # the TargetSink the source writes to
+    def upsert(self, target: Target) -> None:
+        self.decider.track(target.key)
+
+    def remove(self, key: str) -> None:
+        self.decider.forget(key)
+
+    # what the tests drive
+    def observe(self, target: PodTarget, conditions: list[Condition]) -> None:
+        """The watch shows the pod behind ``target`` with these conditions."""
+        self.source.event("MODIFIED", _pod(target, conditions))
+
+    def forget(self, key: str) -> None:
+        namespace, name = key.split("/")
+        self.source.event("DELETED", _gone(namespace, name))
+
+    def transition(self, tr: Transition) -> None:
+        self.decider.transition(tr)
+
+    def suspects(self, worker: int, count: int) -> None:
+        self.decider.suspects(worker, count)
+
+    @property
+    def failsafe(self) -> bool:
+        return self.decider.failsafe
+
+    @property
+    def held(self) -> int:
+        return self.decider.held
+
+
+def _pod(t: PodTarget, conditions: list[Condition]) -> Pod:
+    gate = t.mode is Mode.GATE
+    return msgspec.convert(
+        {
+            "metadata": {"name": t.name, "namespace": t.namespace, "uid": t.uid,
+                         "annotations": {} if gate else {ANNOTATION: "true"}},
+            "spec": {"nodeName": t.node, "readinessGates": [{"conditionType": GATE}] if gate else [],
+                     "containers": [{"name": "app", "readinessProbe": {"tcpSocket": {"port": p}}} for p in t.ports]},
+            "status": {"phase": "Running", "podIP": t.ip, "conditions": [msgspec.to_builtins(c) for c in conditions]},
+        },
+        Pod,
+    )  # fmt: skip
+
+
+def _gone(namespace: str, name: str) -> Pod:
+    return msgspec.convert({"metadata": {"name": name, "namespace": namespace}}, Pod)
 
 
 class Sink:
@@ -18,13 +94,8 @@ class Sink:
         self.cancelled: list[str] = []
         self.failsafe: list[bool] = []
 
-    def decider(self, **kw: object) -> Decider:
-        return Decider(
-            submit=self.submitted.append,
-            cancel=self.cancelled.append,
-            on_failsafe=lambda on, dark, total: self.failsafe.append(on),
-            **kw,  # type: ignore[arg-type]
-        )
+    def decider(self, **kw: object) -> Pipeline:
+        return Pipeline(self, **kw)
 
     def written(self) -> list[tuple[str, dict[str, str]]]:
         return [(d.key, {c.type: c.status for c in d.conditions}) for d in self.submitted]

@@ -1,32 +1,34 @@
 """``ehc run``: the coordinator.  Data flows one way:
 
-    watch pods → targets → WorkerPool (probes) → transitions → Decider → Patcher → API server
+    watch → source (targets) → WorkerPool (probes) → transitions → Decider (verdicts) → source → writes
 
 Every replica watches (so a standby is warm and ready), but only the Lease holder runs workers and
-writes: leading starts the pool from the pods' current conditions; losing the lease (or SIGTERM)
-stops the pool and holds every write.
+writes: leading starts the pool from what the objects already show; losing the lease (or SIGTERM)
+stops the pool and holds every write.  The controller knows no kind of object: it wires sources to
+the pool and the decider, and routes what comes back to the source that owns the target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from kubernetes_asyncio.client import ApiClient
 
-from ehc.coordinator.decider import REASON_HEALTHY, REASON_UNHEALTHY, Decider
+from ehc.coordinator.decider import Decider
 from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import RunSettings
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
-from ehc.kube.model import Pod
 from ehc.kube.patcher import Decision, Patcher
 from ehc.kube.watch import PodWatcher
-from ehc.sources.pods import PodTarget, current_health, select
-from ehc.wire.checks import describe
-from ehc.wire.messages import Health, Transition
+from ehc.sources import Source
+from ehc.sources.pods import PodSource
+from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,7 @@ class Controller:
         self, settings: RunSettings, api: ApiClient, *, worker_env: dict[str, str] | None = None
     ) -> None:
         self.settings = settings
-        self._api = api
         self._worker_env = worker_env
-        self.targets: dict[str, PodTarget] = {}
-        self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
         self.pool: WorkerPool | None = None
         self.elector = LeaderElector(
             api,
@@ -62,13 +61,18 @@ class Controller:
         )
         self.events = EventRecorder(api, host=settings.identity)
         self.decider = Decider(
-            submit=self.patcher.submit,
-            cancel=self.patcher.cancel,
+            on_verdict=self._verdict,
             on_failsafe=self._failsafe,
             failsafe_share=settings.failsafe_share,
             failsafe_min_targets=settings.failsafe_min_targets,
         )
-        self.watcher = PodWatcher(api, on_page=self._page, on_snapshot=self._snapshot, on_event=self._event)
+        self.pods = PodSource(
+            self, submit=self.patcher.submit, cancel=self.patcher.cancel, events=self.events
+        )
+        self.watcher = PodWatcher(
+            api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event
+        )
+        self.sources: tuple[Source, ...] = (self.pods,)
         self.on_patched: Callable[[Decision, str, float], None] | None = None
         self.transitions = 0
 
@@ -103,13 +107,14 @@ class Controller:
             return False
         return self.pool is None or len(self.pool.pids()) == self.pool.size
 
+    def targets_by_kind(self) -> Counter[str]:
+        return sum((s.kinds() for s in self.sources), Counter())
+
     async def _lead(self) -> None:
         log.info(
             "leading as %s: starting %d worker(s) for %d targets",
-            self.settings.identity,
-            self.settings.workers,
-            len(self.targets),
-        )
+            self.settings.identity, self.settings.workers, self.targets_by_kind().total(),
+        )  # fmt: skip
         pool = WorkerPool(
             self.settings.workers,
             self.settings.probe,
@@ -122,10 +127,7 @@ class Controller:
         try:
             await pool.start()
             self.pool = pool
-            pool.upsert(
-                t.probe_target(current_health(self.decider.observed(k), t.mode))
-                for k, t in self.targets.items()
-            )
+            pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
             self.patcher.wake()
             await asyncio.Event().wait()  # until the lease is lost (this task is cancelled)
         finally:
@@ -136,80 +138,38 @@ class Controller:
         log.warning("not leading: workers stopped, writes held")
         return None
 
-    # ---- watch → targets ------------------------------------------------------------------------
+    # ---- sources → targets (the TargetSink the sources write to) --------------------------------
 
-    def _page(self, pods: list[Pod]) -> None:
-        for pod in pods:
-            self._update(pod)
+    def upsert(self, target: Target) -> None:
+        self.decider.track(target.key)
+        if self.pool is not None:
+            self.pool.upsert([target])
 
-    def _snapshot(self, seen: set[str]) -> None:
-        for key in list(self.targets.keys() - seen):
-            self._drop(key)
-        for key in list(self._warned.keys() - seen):
-            del self._warned[key]
+    def remove(self, key: str) -> None:
+        if self.pool is not None:
+            self.pool.remove([key])
+        self.decider.forget(key)
 
-    def _event(self, kind: str, pod: Pod) -> None:
-        if kind == "DELETED":
-            self._drop(pod.key)
-            self._warned.pop(pod.key, None)
-        else:
-            self._update(pod)
+    # ---- workers → decisions → sources ----------------------------------------------------------
 
-    def _update(self, pod: Pod) -> None:
-        sel = select(pod)
-        said = (*sel.problems, sel.skipped) if sel.skipped.startswith("annotation") else sel.problems
-        if said and self._warned.get(pod.key) != said:
-            self._warned[pod.key] = said
-            if sel.skipped.startswith("annotation") and not sel.problems:
-                log.info("pod %s opted out: %s", pod.key, sel.skipped)
-            for problem in sel.problems:
-                log.warning("pod %s: %s", pod.key, problem)
-                self.events.emit(
-                    namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid,
-                    type_="Warning", reason="EndpointCheckMisconfigured", message=problem,
-                )  # fmt: skip
-        target = sel.target
-        if target is None:
-            self._drop(pod.key)
-            return
-        key = target.key  # one string for the key everywhere (dicts here, in the decider and the pool)
-        old = self.targets.get(key)
-        self.targets[key] = target
-        self.decider.observe(target, pod.status.conditions)
-        if self.pool is not None and (old is None or old.ip != target.ip or old.checks != target.checks):
-            self.pool.upsert([target.probe_target(current_health(self.decider.observed(key), target.mode))])
-
-    def _drop(self, key: str) -> None:
-        if self.targets.pop(key, None) is not None:
-            if self.pool is not None:
-                self.pool.remove([key])
-            self.decider.forget(key)
-
-    # ---- workers → decisions --------------------------------------------------------------------
+    def _source_of(self, key: str) -> Source | None:
+        return next((s for s in self.sources if s.owns(key)), None)
 
     def _transition(self, worker: int, tr: Transition) -> None:
-        target = self.targets.get(tr.key)
-        if target is None:
+        source = self._source_of(tr.key)
+        if source is None:
             return
         self.transitions += 1
-        log.info(
-            "%s %s: %s %s after %d attempt(s)%s (node %s, %s mode, worker %d)",
-            tr.key, "UNHEALTHY" if tr.health == Health.UNHEALTHY else "healthy", describe(tr.check, target.ip),
-            "failed" if tr.health == Health.UNHEALTHY else "answered", tr.attempts,
-            f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms", target.node, target.mode.value, worker,
-            extra={"pod": tr.key, "node": target.node, "ip": target.ip, "health": tr.health.name.lower()},
-        )  # fmt: skip
+        source.transition(tr, worker)
         self.decider.transition(tr)
 
+    def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
+        source = self._source_of(key)
+        if source is not None:
+            source.verdict(key, verdict, tr)
+
     def _patched(self, decision: Decision, outcome: str, seconds: float) -> None:
-        if outcome == "ok":
-            first = decision.conditions[0]
-            unhealthy = first.reason == REASON_UNHEALTHY
-            self.events.emit(
-                namespace=decision.namespace, name=decision.name, uid=decision.uid,
-                type_="Warning" if unhealthy else "Normal", reason=first.reason or REASON_HEALTHY,
-                message=first.message or "",
-            )  # fmt: skip
+        self.pods.written(decision, outcome)
         if self.on_patched is not None:
             self.on_patched(decision, outcome, seconds)
 

@@ -46,8 +46,8 @@ class ControllerCollector(Collector):
     def collect(self) -> Iterator[object]:
         c = self.c
         pool = c.pool
-        targets = GaugeMetricFamily("ehc_targets", "Pods being probed, by probe kind", labels=["kind"])
-        kinds = Counter(t.kind for t in c.targets.values())
+        targets = GaugeMetricFamily("ehc_targets", "Targets being probed, by probe kind", labels=["kind"])
+        kinds = c.targets_by_kind()
         for kind in sorted({*KINDS, *kinds}):
             targets.add_metric([kind], kinds[kind])
         yield targets

@@ -1,1 +1,44 @@
-"""What is probed and what is written: one module per kind of watched object."""
+"""What is probed and what is written: one package per kind of watched object.
+
+A *source* watches one kind of object, decides which of them are targets and how each is checked,
+tells the coordinator when a target appears, changes or goes (through a ``TargetSink``), and turns
+the decider's verdicts into writes on the objects, comparing what it wants written with what the
+watch last showed.  Pods are the first source; a new one (EndpointSlices, Endpoints) is a new
+package here that fulfils ``Source``, and nothing else in ehc changes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from ehc.wire.messages import Health, Target, Transition
+
+
+class TargetSink(Protocol):
+    """Where a source sends its targets: the coordinator (which probes them while it leads)."""
+
+    def upsert(self, target: Target) -> None:
+        """A new target, or one whose address or checks changed (it restarts from ``target.health``)."""
+
+    def remove(self, key: str) -> None:
+        """The target is gone or no longer eligible."""
+
+
+class Source(Protocol):
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` is one of this source's targets."""
+
+    def seed(self) -> list[Target]:
+        """Every current target, with the health its object already shows (for a new leader)."""
+
+    def kinds(self) -> Counter[str]:
+        """Targets by probe kind, for metrics."""
+
+    def transition(self, tr: Transition, worker: int) -> None:
+        """A worker reported a health change of one of this source's targets (to log it)."""
+
+    def verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
+        """What the target's object should now say: HEALTHY (in service), UNHEALTHY (out of service)
+        or UNKNOWN (no opinion: never decided, or an ejection the fail-safe holds back).  ``tr`` is
+        the transition that caused it; None when the verdict only changed because of the fail-safe."""

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from ehc.kube.model import ANNOTATION, GATE, READY, Container, Pod, Probe
+from ehc.kube.model import ANNOTATION, GATE, Container, Pod, Probe
 from ehc.wire.checks import Check, Icmp, Tcp, port_of, target_kind
 from ehc.wire.messages import Health, Target
 
@@ -158,18 +157,3 @@ def _checks(ports: tuple[int, ...]) -> tuple[Check, ...]:
     if checks is None:
         checks = _CHECKS[ports] = tuple(Tcp(p) for p in ports) or (Icmp(),)
     return checks
-
-
-def current_health(conditions: Mapping[str, str], mode: Mode) -> Health:
-    """What the pod's conditions (type -> status) already say, so a new leader does not re-announce or
-    re-write it.
-
-    Gate mode: the gate condition (absent means never decided).  Annotation mode: Ready=True means
-    healthy; anything else is left unknown (the kubelet may hold it False for its own reasons).
-    """
-    if mode is Mode.GATE:
-        gate = conditions.get(GATE)
-        if gate is None:
-            return Health.UNKNOWN
-        return Health.HEALTHY if gate == "True" else Health.UNHEALTHY
-    return Health.HEALTHY if conditions.get(READY) == "True" else Health.UNKNOWN

@@ -1,0 +1,180 @@
+"""The pod source: watched pods in, targets and status writes out.
+
+Each pod from the watch is selected (opt-in, eligibility, checks); problems worth fixing are logged
+and recorded as an Event once until they change.  Targets go to the coordinator's ``TargetSink``;
+verdicts come back and become condition patches, only for what differs from what the watch last
+showed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ehc.kube.events import EventRecorder
+from ehc.kube.model import READY, Pod
+from ehc.kube.patcher import Decision
+from ehc.sources import TargetSink
+from ehc.sources.pods.conditions import (
+    NOTHING,
+    REASON_HEALTHY,
+    REASON_UNHEALTHY,
+    changes,
+    conditions,
+    current_health,
+    observed,
+)
+from ehc.sources.pods.selection import PodTarget, select
+from ehc.wire.checks import describe
+from ehc.wire.messages import Health, Target, Transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pod:
+    target: PodTarget
+    observed: Mapping[str, str] = field(default_factory=lambda: NOTHING)  # Ready and the gate, as watched
+    verdict: Health = Health.UNKNOWN
+    evidence: Transition | None = None  # kept while unhealthy: a held ejection is written later with it
+    ejected: bool = False  # annotation mode: Ready=False seen on the pod during this unhealthy spell
+
+
+class PodSource:
+    def __init__(
+        self,
+        sink: TargetSink,
+        *,
+        submit: Callable[[Decision], None],
+        cancel: Callable[[str], None],
+        events: EventRecorder,
+    ) -> None:
+        self._sink = sink
+        self._submit = submit
+        self._cancel = cancel
+        self._events = events
+        self._pods: dict[str, _Pod] = {}
+        self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
+
+    # ---- the watch ------------------------------------------------------------------------------
+
+    def page(self, pods: list[Pod]) -> None:
+        for pod in pods:
+            self._update(pod)
+
+    def snapshot(self, seen: set[str]) -> None:
+        for key in list(self._pods.keys() - seen):
+            self._drop(key)
+        for key in list(self._warned.keys() - seen):
+            del self._warned[key]
+
+    def event(self, kind: str, pod: Pod) -> None:
+        if kind == "DELETED":
+            self._drop(pod.key)
+            self._warned.pop(pod.key, None)
+        else:
+            self._update(pod)
+
+    def _update(self, pod: Pod) -> None:
+        sel = select(pod)
+        self._report(pod, sel.problems, sel.skipped)
+        target = sel.target
+        if target is None:
+            self._drop(pod.key)
+            return
+        key = target.key  # one string for the key everywhere (here, in the decider and the pool)
+        seen = observed(pod.status.conditions)
+        rec = self._pods.get(key)
+        if rec is not None and (rec.target.uid != target.uid or rec.target.mode is not target.mode):
+            self._drop(key)  # another pod under the same name, or another mode: start afresh
+            rec = None
+        if rec is None:
+            rec = self._pods[key] = _Pod(target, seen)
+            self._sink.upsert(self._probe_target(rec))
+        elif rec.target.ip != target.ip or rec.target.checks != target.checks:
+            rec.target, rec.observed = target, seen
+            self._sink.upsert(self._probe_target(rec))
+        rec.target, rec.observed = target, seen
+        if rec.verdict == Health.UNHEALTHY and seen.get(READY) == "False":
+            rec.ejected = True
+        self._reconcile(rec)
+
+    def _report(self, pod: Pod, problems: tuple[str, ...], skipped: str) -> None:
+        """Log (and record as Events) what is wrong with a pod, once until it changes."""
+        opted_out = skipped.startswith("annotation")
+        said = (*problems, skipped) if opted_out else problems
+        if not said or self._warned.get(pod.key) == said:
+            return
+        self._warned[pod.key] = said
+        if opted_out and not problems:
+            log.info("pod %s opted out: %s", pod.key, skipped)
+        for problem in problems:
+            log.warning("pod %s: %s", pod.key, problem)
+            self._events.emit(
+                namespace=pod.metadata.namespace, name=pod.metadata.name, uid=pod.metadata.uid,
+                type_="Warning", reason="EndpointCheckMisconfigured", message=problem,
+            )  # fmt: skip
+
+    def _drop(self, key: str) -> None:
+        if self._pods.pop(key, None) is not None:
+            self._cancel(key)
+            self._sink.remove(key)
+
+    @staticmethod
+    def _probe_target(rec: _Pod) -> Target:
+        return rec.target.probe_target(current_health(rec.observed, rec.target.mode))
+
+    # ---- the Source contract --------------------------------------------------------------------
+
+    def owns(self, key: str) -> bool:
+        return key in self._pods
+
+    def seed(self) -> list[Target]:
+        return [self._probe_target(rec) for rec in self._pods.values()]
+
+    def kinds(self) -> Counter[str]:
+        return Counter(rec.target.kind for rec in self._pods.values())
+
+    def transition(self, tr: Transition, worker: int) -> None:
+        target = self._pods[tr.key].target
+        unhealthy = tr.health == Health.UNHEALTHY
+        log.info(
+            "%s %s: %s %s after %d attempt(s)%s (node %s, %s mode, worker %d)",
+            tr.key, "UNHEALTHY" if unhealthy else "healthy", describe(tr.check, target.ip),
+            "failed" if unhealthy else "answered", tr.attempts,
+            f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms", target.node, target.mode.value, worker,
+            extra={"pod": tr.key, "node": target.node, "ip": target.ip, "health": tr.health.name.lower()},
+        )  # fmt: skip
+
+    def verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
+        rec = self._pods.get(key)
+        if rec is None:
+            return
+        rec.verdict = verdict
+        if tr is not None:  # a new spell; a fail-safe edge (tr None) continues the current one
+            rec.evidence = tr if tr.health == Health.UNHEALTHY else None
+            rec.ejected = False
+        self._reconcile(rec, tr)
+
+    def _reconcile(self, rec: _Pod, tr: Transition | None = None) -> None:
+        t = rec.target
+        want = changes(t.mode, rec.verdict, rec.observed, rec.ejected)
+        if not want:
+            self._cancel(t.key)
+            return
+        self._submit(Decision(t.namespace, t.name, t.uid, conditions(t, want, tr or rec.evidence)))
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def written(self, decision: Decision, outcome: str) -> None:
+        """A status patch finished: a landed one is recorded as an Event on the pod."""
+        if outcome != "ok":
+            return
+        first = decision.conditions[0]
+        self._events.emit(
+            namespace=decision.namespace, name=decision.name, uid=decision.uid,
+            type_="Warning" if first.reason == REASON_UNHEALTHY else "Normal",
+            reason=first.reason or REASON_HEALTHY, message=first.message or "",
+        )  # fmt: skip

@@ -1,0 +1,82 @@
+"""The coordinator in-process, without root: the real controller, real worker processes, the real
+kubernetes_asyncio client over HTTP, against the simulated cluster without a network namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+from sim_helpers import conditions_are, until
+
+from ehc.coordinator import metrics
+from ehc.coordinator.controller import Controller
+from ehc.coordinator.settings import load
+from ehc.kube.client import make_api_client
+from ehc.sim import SimCluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def scrape(url: str) -> tuple[int, dict[str, float]]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return resp.status, samples
+
+
+async def status(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status
+
+
+async def test_controller_and_metrics_in_process() -> None:
+    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None, netns=False) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        settings = load(
+            None, env={"POD_NAME": "ehc-in-process", "POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": ""}
+        )
+        client = await make_api_client(sim.kubeconfig)
+        controller = Controller(settings, client)
+        port = free_port()
+        runner = await metrics.serve(controller, f"127.0.0.1:{port}")
+        base = f"http://127.0.0.1:{port}"
+        task = asyncio.create_task(controller.run())
+        try:
+            await until(conditions_are(api, gate_pods, "True"))  # every gate pod got its first value
+            await until(lambda: controller.pool is not None and len(controller.pool.stats) == 1)
+            assert await status(f"{base}/healthz") == 200
+            assert await status(f"{base}/readyz") == 200
+            code, samples = await scrape(f"{base}/metrics")
+            assert code == 200
+            assert sum(v for k, v in samples.items() if k.startswith("ehc_targets{")) == len(fleet.targets())
+            assert samples["ehc_leader"] == 1 and samples["ehc_failsafe_engaged"] == 0
+            assert samples["ehc_failsafe_held_ejections"] == 0
+            assert sum(v for k, v in samples.items() if k.startswith("ehc_probes_total{")) > 0
+            assert samples['ehc_patches_total{outcome="ok"}'] == len(gate_pods)
+
+            victim = next(p for p in fleet.targets() if p.ports)
+            fleet.close_port(victim, victim.ports[0])  # refused at once: the app is down, the node is up
+            await until(lambda: (victim.namespace, victim.name) in api.write_log.first_taken_out())
+            await asyncio.sleep(0.5)
+            assert api.write_log.first_taken_out().keys() == {(victim.namespace, victim.name)}
+            _, samples = await scrape(f"{base}/metrics")
+            # Gate pods went from unknown to healthy, the victim to unhealthy; the annotation pods
+            # started from the Ready=True they showed, so their first answers were no transitions.
+            assert samples["ehc_transitions_total"] == len(gate_pods) + 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await runner.cleanup()
+            await client.close()
+        lease = api.collections[("coordination.k8s.io", "v1", "leases")].get("default", settings.lease_name)
+        assert lease is not None and not lease["spec"].get("holderIdentity")  # released on the way out
