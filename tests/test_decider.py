@@ -9,8 +9,8 @@ import msgspec
 
 from ehc.coordinator.decider import Decider
 from ehc.kube.model import ANNOTATION, GATE, READY, Condition, Pod
-from ehc.kube.patcher import Decision
 from ehc.sources.pods import Mode, PodSource, PodTarget
+from ehc.sources.pods.writes import StatusPatch
 from ehc.wire.checks import Tcp
 from ehc.wire.messages import Health, Target, Transition
 
@@ -90,7 +90,7 @@ def _gone(namespace: str, name: str) -> Pod:
 
 class Sink:
     def __init__(self) -> None:
-        self.submitted: list[Decision] = []
+        self.submitted: list[StatusPatch] = []
         self.cancelled: list[str] = []
         self.failsafe: list[bool] = []
 
@@ -241,6 +241,6 @@ def test_a_recovery_that_releases_the_failsafe_is_written_too() -> None:
     assert d.failsafe and d.held == 6
     d.transition(tr(1, Health.HEALTHY))
     assert not d.failsafe and d.held == 0
-    last = dict(sink.written())  # the latest decision per pod is what the patcher writes
+    last = dict(sink.written())  # the latest write per pod is what the write queue sends
     assert last.pop("ns/p1") == {GATE: "True"}  # p1 is back in service
     assert last == {f"ns/p{i}": {GATE: "False", READY: "False"} for i in range(2, 7)}

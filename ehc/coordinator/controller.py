@@ -24,8 +24,8 @@ from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import RunSettings
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
-from ehc.kube.patcher import Decision, Patcher
 from ehc.kube.watch import PodWatcher
+from ehc.kube.writes import Write, WriteQueue
 from ehc.sources import Source
 from ehc.sources.pods import PodSource
 from ehc.wire.messages import Health, Target, Transition
@@ -51,13 +51,13 @@ class Controller:
             on_started_leading=self._lead,
             on_stopped_leading=self._follow,
         )
-        self.patcher = Patcher(
+        self.writes = WriteQueue(
             api,
             qps=settings.patch_qps,
             burst=settings.patch_burst,
             concurrency=settings.patch_concurrency,
             can_write=self.elector.is_leader,
-            on_done=self._patched,
+            on_done=self._written,
         )
         self.events = EventRecorder(api, host=settings.identity)
         self.decider = Decider(
@@ -66,14 +66,12 @@ class Controller:
             failsafe_share=settings.failsafe_share,
             failsafe_min_targets=settings.failsafe_min_targets,
         )
-        self.pods = PodSource(
-            self, submit=self.patcher.submit, cancel=self.patcher.cancel, events=self.events
-        )
+        self.pods = PodSource(self, submit=self.writes.submit, cancel=self.writes.cancel, events=self.events)
         self.watcher = PodWatcher(
             api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event
         )
         self.sources: tuple[Source, ...] = (self.pods,)
-        self.on_patched: Callable[[Decision, str, float], None] | None = None
+        self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -82,7 +80,7 @@ class Controller:
         """Until cancelled.  On cancellation the lease is released so a standby takes over at once."""
         tasks = [
             asyncio.create_task(self.watcher.run(), name="watch"),
-            asyncio.create_task(self.patcher.run(), name="patch"),
+            asyncio.create_task(self.writes.run(), name="writes"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
         await self.watcher.wait_synced()
@@ -128,7 +126,7 @@ class Controller:
             await pool.start()
             self.pool = pool
             pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
-            self.patcher.wake()
+            self.writes.wake()
             await asyncio.Event().wait()  # until the lease is lost (this task is cancelled)
         finally:
             self.pool = None
@@ -168,10 +166,12 @@ class Controller:
         if source is not None:
             source.verdict(key, verdict, tr)
 
-    def _patched(self, decision: Decision, outcome: str, seconds: float) -> None:
-        self.pods.written(decision, outcome)
-        if self.on_patched is not None:
-            self.on_patched(decision, outcome, seconds)
+    def _written(self, write: Write, outcome: str, seconds: float) -> None:
+        source = self._source_of(write.key)
+        if source is not None:
+            source.written(write, outcome)
+        if self.on_written is not None:
+            self.on_written(write, outcome, seconds)
 
     def _failsafe(self, engaged: bool, dark: int, total: int) -> None:
         # One Event on ehc's own pod, not one per target: a fail-safe is exactly when a storm would follow.

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ehc.kube.patcher import Decision
+from ehc.kube.writes import Write
 from ehc.wire.checks import KINDS
 from ehc.wire.messages import LATENCY_BUCKETS
 
@@ -34,9 +34,9 @@ class ControllerCollector(Collector):
         self.patches: Counter[str] = Counter()
         self.patch_seconds = [0] * (len(_PATCH_BUCKETS) + 1)
         self.patch_seconds_sum = 0.0
-        controller.on_patched = self._patched
+        controller.on_written = self._written
 
-    def _patched(self, decision: Decision, outcome: str, seconds: float) -> None:
+    def _written(self, write: Write, outcome: str, seconds: float) -> None:
         self.patches[outcome] += 1
         if outcome == "ok":
             i = next((i for i, b in enumerate(_PATCH_BUCKETS) if seconds <= b), len(_PATCH_BUCKETS))
@@ -65,9 +65,7 @@ class ControllerCollector(Collector):
         yield CounterMetricFamily(
             "ehc_transitions", "Health transitions reported by workers", value=c.transitions
         )
-        yield GaugeMetricFamily(
-            "ehc_patch_queue_depth", "Status patches waiting", value=c.patcher.queue_depth
-        )
+        yield GaugeMetricFamily("ehc_patch_queue_depth", "Status patches waiting", value=c.writes.queue_depth)
         patches = CounterMetricFamily("ehc_patches", "Status patches by outcome", labels=["outcome"])
         for outcome, n in sorted(self.patches.items()):
             patches.add_metric([outcome], n)

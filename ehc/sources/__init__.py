@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+from ehc.kube.writes import Write
 from ehc.wire.messages import Health, Target, Transition
 
 
@@ -42,3 +43,6 @@ class Source(Protocol):
         """What the target's object should now say: HEALTHY (in service), UNHEALTHY (out of service)
         or UNKNOWN (no opinion: never decided, or an ejection the fail-safe holds back).  ``tr`` is
         the transition that caused it; None when the verdict only changed because of the fail-safe."""
+
+    def written(self, write: Write, outcome: str) -> None:
+        """One of this source's writes finished (``outcome`` as the write queue reports it)."""

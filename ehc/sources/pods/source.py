@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import READY, Pod
-from ehc.kube.patcher import Decision
 from ehc.sources import TargetSink
 from ehc.sources.pods.conditions import (
     NOTHING,
@@ -27,6 +26,7 @@ from ehc.sources.pods.conditions import (
     observed,
 )
 from ehc.sources.pods.selection import PodTarget, select
+from ehc.sources.pods.writes import StatusPatch
 from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Target, Transition
 
@@ -47,7 +47,7 @@ class PodSource:
         self,
         sink: TargetSink,
         *,
-        submit: Callable[[Decision], None],
+        submit: Callable[[StatusPatch], None],
         cancel: Callable[[str], None],
         events: EventRecorder,
     ) -> None:
@@ -164,17 +164,17 @@ class PodSource:
         if not want:
             self._cancel(t.key)
             return
-        self._submit(Decision(t.namespace, t.name, t.uid, conditions(t, want, tr or rec.evidence)))
+        self._submit(StatusPatch(t.namespace, t.name, t.uid, conditions(t, want, tr or rec.evidence)))
 
     # ---- writes ---------------------------------------------------------------------------------
 
-    def written(self, decision: Decision, outcome: str) -> None:
+    def written(self, write: StatusPatch, outcome: str) -> None:
         """A status patch finished: a landed one is recorded as an Event on the pod."""
         if outcome != "ok":
             return
-        first = decision.conditions[0]
+        first = write.conditions[0]
         self._events.emit(
-            namespace=decision.namespace, name=decision.name, uid=decision.uid,
+            namespace=write.namespace, name=write.name, uid=write.uid,
             type_="Warning" if first.reason == REASON_UNHEALTHY else "Normal",
             reason=first.reason or REASON_HEALTHY, message=first.message or "",
         )  # fmt: skip

@@ -1,32 +1,31 @@
-"""The patcher: one strategic-merge PATCH of ``pods/{name}/status`` per decision, batched, rate-limited,
-retried, latest decision per pod wins.
+"""The write queue: every write ehc makes to objects it protects, batched, rate-limited, retried, and
+coalesced per object: the latest write for an object wins.
 
-Rules (DESIGN.md §1 "Patcher", §4):
+A *write* is what a source wants written on one object (a pod's status conditions today): it has the
+object's ``key`` and knows its own request (``send``).  The queue knows no kind of object.
 
-- The body touches only the decision's conditions: ``{"status": {"conditions": [...]}}`` sent as
-  ``application/strategic-merge-patch+json``.  The API server merges conditions by ``type``, so the
-  kubelet's concurrent writes to other conditions are never overwritten, and no GET is needed first.
-- At most one request per pod is in flight, and a pod has at most one queued decision: submitting a
-  newer one replaces the queued one (reported ``"superseded"``), and an older decision that failed
-  while a newer one waits is not retried (also ``"superseded"``).  So an older decision is never
-  written after a newer one.
-- Decisions submitted within ``batch_window`` of the first one of a burst are released together, up to
+Rules (DESIGN.md §1 "Patcher"):
+
+- At most one request per object is in flight, and an object has at most one queued write: submitting
+  a newer one replaces the queued one (reported ``"superseded"``), and an older write that failed
+  while a newer one waits is not retried (also ``"superseded"``).  So an older write never lands
+  after a newer one.
+- Writes submitted within ``batch_window`` of the first one of a burst are released together, up to
   ``concurrency`` requests in flight, each request paying one token of a ``qps``/``burst`` bucket.
 - What ``ApiError.retryable`` calls retryable (no answer, timeouts, 408, 429, 5xx) is retried with the
   one ``Backoff`` (exponential, full jitter), never sooner than the server's Retry-After, up to
   ``max_attempts``.  A 429 or 503 with Retry-After also pauses all sending for that long: the server
-  asked this client, not this pod, to slow down.  404 is ``"not_found"`` (INFO), 409/422
+  asked this client, not this object, to slow down.  404 is ``"not_found"`` (INFO), 409/422
   ``"dropped"`` (WARNING), any other status or exhausted attempts ``"failed"`` (ERROR).
 - ``can_write()`` is asked immediately before each request; while it is False nothing is sent and
   nothing is dropped.
 
-Every submitted decision gets exactly one ``on_done(decision, outcome, seconds_since_submit)`` call,
-except those removed by ``cancel()`` or ``close()`` (the owner asked for that itself; a cancelled
-request already in flight still reports ``"ok"`` if it landed, and is otherwise dropped silently).
+Every submitted write gets exactly one ``on_done(write, outcome, seconds_since_submit)`` call, except
+those removed by ``cancel()`` or ``close()`` (the owner asked for that itself; a cancelled request
+already in flight still reports ``"ok"`` if it landed, and is otherwise dropped silently).
 
-Requests go through ``ehc.kube.request``, which reads the answer as raw bytes: deserializing a whole
-``V1Pod`` model per patch would cost more than the request.  ``clock`` (monotonic seconds) drives the
-batching window, the backoff deadlines, the Retry-After pause and the token bucket.
+``clock`` (monotonic seconds) drives the batching window, the backoff deadlines, the Retry-After pause
+and the token bucket.
 """
 
 from __future__ import annotations
@@ -37,36 +36,26 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol
 
-import msgspec
 from kubernetes_asyncio.client import ApiClient
 
-from ehc.kube.model import Condition
-from ehc.kube.request import ApiError, Backoff, api_path, request
+from ehc.kube.request import ApiError, Backoff
 
 log = logging.getLogger(__name__)
 
-STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 OUTCOMES = ("ok", "not_found", "dropped", "failed", "superseded")
 _HOLD_POLL = 0.05  # how often a held queue asks can_write() again (wake() makes it immediate)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to write for one pod: only the condition(s) that change."""
-
-    namespace: str
-    name: str
-    uid: str
-    conditions: tuple[Condition, ...]
+class Write(Protocol):
+    """What to write on one object; the queue keeps the latest per ``key``."""
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def key(self) -> str: ...
 
-    def body(self) -> dict[str, object]:
-        return {"status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}}
+    async def send(self, api: ApiClient, timeout: float) -> None:
+        """Make the request; raise ``ApiError`` when it does not land."""
 
 
 class TokenBucket:
@@ -91,10 +80,10 @@ class TokenBucket:
 
 
 class _Item:
-    __slots__ = ("attempts", "cancelled", "decision", "ready_at", "seq", "submitted")
+    __slots__ = ("attempts", "cancelled", "ready_at", "seq", "submitted", "write")
 
-    def __init__(self, decision: Decision, submitted: float, ready_at: float, seq: int) -> None:
-        self.decision = decision
+    def __init__(self, write: Write, submitted: float, ready_at: float, seq: int) -> None:
+        self.write = write
         self.submitted = submitted
         self.ready_at = ready_at  # not before: batching window, backoff
         self.seq = seq
@@ -102,8 +91,8 @@ class _Item:
         self.cancelled = False
 
 
-class Patcher:
-    """Writes decisions to pods' status; ``submit()`` from anywhere on the loop, ``await run()`` once."""
+class WriteQueue:
+    """``submit()`` writes from anywhere on the loop; ``await run()`` once to send them."""
 
     def __init__(
         self,
@@ -116,7 +105,7 @@ class Patcher:
         max_attempts: int = 8,
         backoff: tuple[float, float] = (0.1, 5.0),
         can_write: Callable[[], bool] = lambda: True,
-        on_done: Callable[[Decision, str, float], None] | None = None,
+        on_done: Callable[[Write, str, float], None] | None = None,
         request_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -128,12 +117,12 @@ class Patcher:
         self.concurrency = concurrency
         self.batch_window = max(0.0, batch_window)
         self.max_attempts = max_attempts
-        self._backoff = Backoff(*backoff)  # by each decision's own attempt count
+        self._backoff = Backoff(*backoff)  # by each write's own attempt count
         self.request_timeout = request_timeout
         self._can_write = can_write
         self._on_done = on_done
-        self._pending: dict[str, _Item] = {}  # queued, at most one per pod (the latest)
-        self._inflight: dict[str, _Item] = {}  # being sent, at most one per pod
+        self._pending: dict[str, _Item] = {}  # queued, at most one per object (the latest)
+        self._inflight: dict[str, _Item] = {}  # being sent, at most one per object
         self._heap: list[tuple[float, int, str]] = []  # (ready_at, seq, key); stale entries skipped
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -152,25 +141,25 @@ class Patcher:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    def submit(self, d: Decision) -> None:
-        """Queue ``d``; a decision still queued for the same pod is replaced ("superseded")."""
+    def submit(self, w: Write) -> None:
+        """Queue ``w``; a write still queued for the same object is replaced ("superseded")."""
         now = self._clock()
         if now >= self._window_end:  # open a batching window; later submissions join it
             self._window_end = now + self.batch_window
         ready = self._window_end
-        key = d.key
+        key = w.key
         old = self._pending.get(key)
         if old is not None:
-            ready = max(ready, old.ready_at)  # a newer decision does not skip the pod's backoff
+            ready = max(ready, old.ready_at)  # a newer write does not skip the object's backoff
             self._report(old, "superseded", now)
         self._seq += 1
-        item = _Item(d, now, ready, self._seq)
+        item = _Item(w, now, ready, self._seq)
         self._pending[key] = item
         heapq.heappush(self._heap, (ready, item.seq, key))
         self._wake.set()
 
     def cancel(self, key: str) -> None:
-        """The pod is gone: drop its queued decision and do not retry its in-flight one. Quiet."""
+        """The object is gone: drop its queued write and do not retry its in-flight one. Quiet."""
         self._pending.pop(key, None)
         inflight = self._inflight.get(key)
         if inflight is not None:
@@ -242,8 +231,7 @@ class Patcher:
         return None
 
     async def _send(self, item: _Item) -> None:
-        d = item.decision
-        key = d.key
+        key = item.write.key
         outcome: str | None = None
         retry_after: float | None = None
         pause_all = False
@@ -254,52 +242,45 @@ class Patcher:
                 return
             item.attempts += 1
             self.requests += 1
-            await request(
-                self._api,
-                "PATCH",
-                api_path("", "v1", "pods", namespace=d.namespace, name=d.name, subresource="status"),
-                body=d.body(),
-                content_type=STRATEGIC_MERGE,
-                timeout=self.request_timeout,
-            )
+            await item.write.send(self._api, self.request_timeout)
             outcome = "ok"
         except ApiError as err:
             if err.status == 404:
                 outcome = "not_found"
-                log.info("pod %s is gone; dropping its patch", key)
+                log.info("%s is gone; dropping its write", key)
             elif err.status in (409, 422):
                 outcome = "dropped"
-                log.warning("patch of %s rejected (%s); dropped", key, err)
+                log.warning("write of %s rejected (%s); dropped", key, err)
             elif err.retryable:
                 detail = str(err)
                 retry_after = err.retry_after
                 pause_all = err.status in (429, 503)
             else:
                 outcome = "failed"
-                log.error("patch of %s failed (%s)", key, err)
+                log.error("write of %s failed (%s)", key, err)
         except asyncio.CancelledError:
             self._inflight.pop(key, None)
             raise
-        except Exception as exc:  # an unexpected client error must not kill the patcher
-            log.warning("unexpected error patching %s", key, exc_info=True)
+        except Exception as exc:  # an unexpected client error must not kill the queue
+            log.warning("unexpected error writing %s", key, exc_info=True)
             detail = f"{type(exc).__name__}: {exc}"
         now = self._clock()
         if outcome is not None:
             self._finish(item, outcome, now)
             return
         if item.attempts >= self.max_attempts and not item.cancelled and key not in self._pending:
-            log.error("patch of %s failed after %d attempts: %s", key, item.attempts, detail)
+            log.error("write of %s failed after %d attempts: %s", key, item.attempts, detail)
             self._finish(item, "failed", now)
             return
         delay = self._backoff.delay(item.attempts - 1, retry_after)
         if pause_all and retry_after is not None:
             self._paused_until = max(self._paused_until, now + retry_after)
-        log.debug("patch of %s: %s; retry in %.2fs (attempt %d)", key, detail, delay, item.attempts)
+        log.debug("write of %s: %s; retry in %.2fs (attempt %d)", key, detail, delay, item.attempts)
         self._requeue(item, now, delay, detail)
 
     def _requeue(self, item: _Item, now: float, delay: float, why: str) -> None:
-        """Put a not-yet-written decision back, unless it was cancelled or a newer one is waiting."""
-        key = item.decision.key
+        """Put a not-yet-written write back, unless it was cancelled or a newer one is waiting."""
+        key = item.write.key
         self._inflight.pop(key, None)
         if item.cancelled:
             pass
@@ -313,7 +294,7 @@ class Patcher:
         self._wake.set()
 
     def _finish(self, item: _Item, outcome: str, now: float) -> None:
-        key = item.decision.key
+        key = item.write.key
         self._inflight.pop(key, None)
         if not item.cancelled or outcome == "ok":
             self._report(item, outcome, now)
@@ -330,6 +311,6 @@ class Patcher:
         if self._on_done is None:
             return
         try:
-            self._on_done(item.decision, outcome, now - item.submitted)
+            self._on_done(item.write, outcome, now - item.submitted)
         except Exception:
-            log.exception("patcher on_done callback failed")
+            log.exception("write queue on_done callback failed")

@@ -1,4 +1,5 @@
-"""The patcher against the simulated API server, through the real kubernetes_asyncio client."""
+"""The write queue, with pod status patches, against the simulated API server, through the real
+kubernetes_asyncio client."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 
 from ehc.kube.client import make_api_client
 from ehc.kube.model import Condition
-from ehc.kube.patcher import STRATEGIC_MERGE, Decision, Patcher
+from ehc.kube.writes import WriteQueue
 from ehc.sim import SimCluster
 from ehc.sim.faults import PODS_STATUS
 from ehc.sim.writelog import WriteEntry
+from ehc.sources.pods.writes import STRATEGIC_MERGE, StatusPatch
 
 
 def rfc3339() -> str:
@@ -25,10 +27,10 @@ def rfc3339() -> str:
 _serial = iter(range(1_000_000))
 
 
-def decision(sim: SimCluster, name: str, *conds: tuple[str, str], ns: str = "default") -> Decision:
+def decision(sim: SimCluster, name: str, *conds: tuple[str, str], ns: str = "default") -> StatusPatch:
     pod = sim.api.get_pod(ns, name)
     uid = pod["metadata"]["uid"] if pod else "no-such-uid"
-    return Decision(
+    return StatusPatch(
         ns,
         name,
         uid,
@@ -66,9 +68,9 @@ class Done:
     """Collects on_done calls."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Decision, str, float]] = []
+        self.calls: list[tuple[StatusPatch, str, float]] = []
 
-    def __call__(self, d: Decision, outcome: str, seconds: float) -> None:
+    def __call__(self, d: StatusPatch, outcome: str, seconds: float) -> None:
         assert seconds >= 0
         self.calls.append((d, outcome, seconds))
 
@@ -89,11 +91,11 @@ async def cluster() -> AsyncIterator[SimCluster]:
 
 
 @asynccontextmanager
-async def running(sim: SimCluster, **kw: Any) -> AsyncIterator[tuple[Patcher, Done]]:
+async def running(sim: SimCluster, **kw: Any) -> AsyncIterator[tuple[WriteQueue, Done]]:
     done = Done()
     api = await make_api_client(sim.kubeconfig)
     async with api:
-        patcher = Patcher(api, on_done=done, **kw)
+        patcher = WriteQueue(api, on_done=done, **kw)
         task = asyncio.create_task(patcher.run())
         try:
             yield patcher, done
@@ -194,7 +196,7 @@ async def test_storms_of_429_and_500_lose_nothing_and_keep_order() -> None:
         sim.api.faults.fail(15, 500, verb="PATCH", path=PODS_STATUS)
         sim.api.faults.fail(5, 503, verb="PATCH", path=PODS_STATUS)
         async with running(sim, backoff=(0.01, 0.1), max_attempts=30, concurrency=4) as (patcher, done):
-            submitted: dict[str, list[Decision]] = {n: [] for n in names}
+            submitted: dict[str, list[StatusPatch]] = {n: [] for n in names}
             for round_, status in enumerate(("False", "True", "False")):
                 for n in names:
                     d = decision(sim, n, ("endpointHealthCheckSuccess", status), ("Ready", status))
@@ -233,7 +235,7 @@ async def test_404_is_not_found_without_retry_and_422_is_dropped() -> None:
         name = add_pods(sim, 1)[0]
         async with running(sim) as (patcher, done):
             patcher.submit(decision(sim, "no-such-pod", ("Ready", "False")))
-            bad = Decision("default", name, "uid", (Condition(type="Ready", status="Maybe"),))
+            bad = StatusPatch("default", name, "uid", (Condition(type="Ready", status="Maybe"),))
             patcher.submit(bad)
             await done.wait(2)
             await asyncio.sleep(0.2)  # no retry shows up
@@ -290,7 +292,7 @@ async def test_can_write_false_holds_and_true_releases() -> None:
 @pytest.mark.parametrize("qps", [0.0, -1.0])
 def test_rejects_bad_settings(qps: float) -> None:
     with pytest.raises(ValueError):
-        Patcher(None, qps=qps)  # type: ignore[arg-type]
+        WriteQueue(None, qps=qps)  # type: ignore[arg-type]
 
 
 class FakeClock:

@@ -1,0 +1,39 @@
+"""The one write the pod source makes: a strategic-merge PATCH of ``pods/{name}/status``.
+
+The body carries only the conditions that change: ``{"status": {"conditions": [...]}}``.  The API
+server merges conditions by ``type``, so the kubelet's concurrent writes to other conditions are
+never overwritten, and no GET is needed first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from kubernetes_asyncio.client import ApiClient
+
+from ehc.kube.model import Condition
+from ehc.kube.request import api_path, request
+
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPatch:
+    """What to write for one pod: only the condition(s) that change."""
+
+    namespace: str
+    name: str
+    uid: str
+    conditions: tuple[Condition, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def body(self) -> dict[str, object]:
+        return {"status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}}
+
+    async def send(self, api: ApiClient, timeout: float) -> None:
+        path = api_path("", "v1", "pods", namespace=self.namespace, name=self.name, subresource="status")
+        await request(api, "PATCH", path, body=self.body(), content_type=STRATEGIC_MERGE, timeout=timeout)
