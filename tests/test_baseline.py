@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiohttp import web
-from sim_helpers import conditions_are, stop, until
+from helpers import conditions_are, stop, until
 
 from ehc.kube.model import Pod
 from ehc.sim import SimCluster

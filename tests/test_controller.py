@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import aiohttp
-from sim_helpers import conditions_are, until
+from helpers import conditions_are, until
 
 from ehc.coordinator import metrics
 from ehc.coordinator.controller import Controller

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from helpers import until
 
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
 from ehc.wire.checks import Check, Icmp, Tcp
@@ -51,17 +52,11 @@ def _engine(script: Callable[[int], int], settings: ProbeSettings = FAST):
     return engine, prober, transitions
 
 
-async def _until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.002)
-
-
 async def test_flips_after_exactly_one_plus_retry_count_failures() -> None:
     # Known healthy; every attempt fails.
     engine, prober, transitions = _engine(lambda i: FAIL)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: bool(transitions))
+    await until(lambda: bool(transitions))
     calls_at_flip, tr = transitions[0]
     # The wheel may add a regular attempt of its own; the policy still needs exactly 4 votes.
     assert calls_at_flip >= 1 + FAST.retry_count
@@ -74,7 +69,7 @@ async def test_one_success_resets_the_failure_count() -> None:
     script = [FAIL, FAIL, FAIL, OK, FAIL, FAIL, FAIL, FAIL]
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else FAIL)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: bool(transitions))
+    await until(lambda: bool(transitions))
     # Exactly one flip, not before the second run of four failures (a regular attempt racing the
     # first episode's success may be discarded as stale, so it can take one more call).
     assert [(tr.health, tr.attempts) for _, tr in transitions] == [(Health.UNHEALTHY, 4)]
@@ -107,7 +102,7 @@ async def test_confirmations_run_in_parallel_not_one_timeout_after_another() -> 
     engine = Engine(loop, FAST, transitions.append, probers={"tcp": prober})  # type: ignore[dict-item]
     engine.start()
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: bool(transitions))
+    await until(lambda: bool(transitions))
     # All confirmations were launched from the first failure, confirm_spacing apart, well inside
     # one interval: they did not wait for each other or for the next tick.
     spread = prober.calls[3] - prober.calls[0]
@@ -122,7 +117,7 @@ async def test_recovers_after_recovery_threshold_successes() -> None:
     script = [OK, FAIL, OK, OK]  # S F: no flip (count reset); S S: flip
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.UNHEALTHY), immediate=True)
-    await _until(lambda: bool(transitions))
+    await until(lambda: bool(transitions))
     n, tr = transitions[0]
     assert (tr.health, tr.attempts) == (Health.HEALTHY, 2)
     assert n >= 4  # the first success was cancelled by the failure after it
@@ -132,7 +127,7 @@ async def test_recovers_after_recovery_threshold_successes() -> None:
 async def test_unknown_target_is_healthy_on_first_success() -> None:
     engine, prober, transitions = _engine(lambda i: OK)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),)), immediate=True)
-    await _until(lambda: bool(transitions))
+    await until(lambda: bool(transitions))
     assert [(tr.health, tr.attempts) for _, tr in transitions] == [(Health.HEALTHY, 1)]
     engine.close()
 
@@ -140,7 +135,7 @@ async def test_unknown_target_is_healthy_on_first_success() -> None:
 async def test_local_errors_never_flip_a_target() -> None:
     engine, prober, transitions = _engine(lambda i: LOCAL_ERROR)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: engine.local_errors >= 3)  # several intervals of nothing but local errors
+    await until(lambda: engine.local_errors >= 3)  # several intervals of nothing but local errors
     assert transitions == []
     assert engine.health("a") == Health.HEALTHY
     assert engine.local_errors >= 3
@@ -150,7 +145,7 @@ async def test_local_errors_never_flip_a_target() -> None:
 async def test_removed_target_reports_nothing() -> None:
     engine, prober, transitions = _engine(lambda i: FAIL)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: len(prober.calls) >= 1)
+    await until(lambda: len(prober.calls) >= 1)
     engine.remove("a")
     await asyncio.sleep(FAST.interval * 2)
     assert transitions == []
@@ -164,7 +159,7 @@ async def test_start_times_spread_evenly_over_the_interval() -> None:
     t0 = loop.time()
     for i in range(2000):
         engine.upsert(Target(f"t{i}", "127.0.0.1", (Tcp(80),), Health.HEALTHY))
-    await _until(lambda: len(prober.calls) >= 2000)
+    await until(lambda: len(prober.calls) >= 2000)
     first = prober.calls[:2000]
     deciles = Counter(min(9, int((t - t0) / settings.interval * 10)) for t in first)
     assert set(deciles) == set(range(10))
@@ -237,12 +232,14 @@ async def test_suspects_count_open_failure_episodes() -> None:
     engine, prober, transitions = _engine(lambda i: script[i] if i < len(script) else OK)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
     seen: list[int] = []
-    await _until(lambda: seen.append(engine.suspects) or (len(prober.calls) >= 3 and engine.suspects == 0))
+    await until(
+        lambda: seen.append(engine.suspects) or (len(prober.calls) >= 3 and engine.suspects == 0), step=0.002
+    )
     assert 1 in seen and transitions == []
     # Confirmed dead: no longer a suspect but unhealthy.
     engine2, _, transitions2 = _engine(lambda i: FAIL)
     engine2.upsert(Target("b", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)
-    await _until(lambda: bool(transitions2))
+    await until(lambda: bool(transitions2))
     assert engine2.suspects == 0
     engine.close()
     engine2.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from helpers import until
 from kubernetes_asyncio import client
 
 from ehc.kube.client import make_api_client
@@ -30,13 +30,6 @@ async def recorder(**kw: Any) -> AsyncIterator[tuple[SimCluster, EventRecorder, 
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def emit(rec: EventRecorder, pod: str, reason: str, type_: str = "Warning", ns: str = "default") -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers import until
 
 from ehc.kube.client import make_api_client
 from ehc.kube.leader import LeaderElector
@@ -67,15 +68,6 @@ async def candidates(
 async def cluster() -> AsyncIterator[SimCluster]:
     async with SimCluster(nodes=1, pods_per_node=1, netns=False, listeners=False, kubelet_delay=None) as sim:
         yield sim
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Wait for ``pred``; returns the monotonic time it became true."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-    return time.monotonic()
 
 
 def lease(sim: SimCluster) -> dict[str, Any]:
@@ -142,7 +134,7 @@ async def test_standby_takes_over_after_expiry_when_leader_vanishes() -> None:
         t0 = time.monotonic()
         await asyncio.gather(leader.task, return_exceptions=True)
         assert lease(sim)["holderIdentity"] == leader.elector.identity
-        t1 = await until(standby.elector.is_leader, timeout=5)
+        t1 = await until(standby.elector.is_leader, limit=5)
         # not before the lease (1 s since the standby last saw it change) expired, and not much after
         assert 0.6 <= t1 - t0 <= 1.0 + 3 * FAST["retry_period"] + 0.5
         assert lease(sim)["holderIdentity"] == standby.elector.identity
@@ -155,13 +147,13 @@ async def test_failed_renewals_stop_leading_within_renew_deadline() -> None:
         await asyncio.sleep(0.25)
         sim.api.faults.fail(10_000, 500, path=LEASES)
         t0 = time.monotonic()
-        t1 = await until(lambda: not a.elector.is_leader(), timeout=3)
+        t1 = await until(lambda: not a.elector.is_leader(), limit=3)
         assert t1 - t0 <= FAST["renew_deadline"] + 0.05
-        await until(lambda: bool(a.events("stopped")), timeout=1)
+        await until(lambda: bool(a.events("stopped")), limit=1)
         assert a.events("stopped")[0] - t0 <= FAST["renew_deadline"] + 0.1
         transitions = lease(sim)["leaseTransitions"]
         sim.api.faults.clear()  # the API comes back: the lease still names us, so we take it back
-        await until(a.elector.is_leader, timeout=3)
+        await until(a.elector.is_leader, limit=3)
         assert len(a.events("started")) == 2
         assert lease(sim)["leaseTransitions"] == transitions  # same holder: not a transition
 
@@ -171,9 +163,9 @@ async def test_is_leader_goes_false_when_the_renew_loop_stalls() -> None:
         await until(a.elector.is_leader)
         sim.api.faults.delay(5.0, path=LEASES)  # renewals hang: nothing returns, nothing fails fast
         t0 = time.monotonic()
-        t1 = await until(lambda: not a.elector.is_leader(), timeout=3)
+        t1 = await until(lambda: not a.elector.is_leader(), limit=3)
         assert t1 - t0 <= FAST["renew_deadline"] + 0.05
-        await until(lambda: bool(a.events("stopped")), timeout=1)
+        await until(lambda: bool(a.events("stopped")), limit=1)
 
 
 async def test_takeover_increments_transitions_each_time() -> None:
@@ -218,7 +210,7 @@ async def test_is_leader_follows_the_injected_clock() -> None:
         assert a.elector.is_leader()
         now[0] += 0.01
         assert not a.elector.is_leader()
-        await until(lambda: bool(a.events("stopped")), timeout=3)
+        await until(lambda: bool(a.events("stopped")), limit=3)
 
 
 @pytest.mark.parametrize(

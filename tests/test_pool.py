@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import pytest
+from helpers import until
 
 from ehc.coordinator.pool import WorkerPool
 from ehc.wire.checks import Icmp, Tcp
@@ -35,12 +36,6 @@ class Recorder:
 
     def health(self) -> dict[str, Health]:
         return {tr.key: tr.health for _, tr in self.transitions}
-
-
-async def _until(predicate, limit: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:
@@ -67,7 +62,7 @@ async def test_targets_are_spread_and_probed(
         3, FAST, on_transition=recorder.on_transition, on_stats=recorder.on_stats, stats_interval=0.2
     ) as pool:
         pool.upsert(up + down + ping)
-        await _until(lambda: len(recorder.health()) == len(up + down + ping))
+        await until(lambda: len(recorder.health()) == len(up + down + ping))
         health = recorder.health()
         assert all(health[t.key] == Health.HEALTHY for t in up)
         assert all(health[t.key] == Health.UNHEALTHY for t in down)
@@ -76,7 +71,7 @@ async def test_targets_are_spread_and_probed(
         # each transition came from the worker the hash assigns
         assert all(worker == pool.worker_of(tr.key) for worker, tr in recorder.transitions)
         assert {w for w, _ in recorder.transitions} == {0, 1, 2}
-        await _until(lambda: {s.worker for s in recorder.stats} == {0, 1, 2})
+        await until(lambda: {s.worker for s in recorder.stats} == {0, 1, 2})
         # Pipe traffic follows transitions: one per target, however many probes ran.
         probes_before = sum(pool.stats[w].probes["tcp"] for w in range(3))
         n = len(recorder.transitions)
@@ -89,10 +84,10 @@ async def test_remove_and_update(recorder: Recorder, listener: socket.socket, cl
     port = listener.getsockname()[1]
     async with WorkerPool(2, FAST, on_transition=recorder.on_transition) as pool:
         pool.upsert([Target("a", "127.0.0.1", (Tcp(port),)), Target("b", "127.0.0.1", (Tcp(port),))])
-        await _until(lambda: len(recorder.transitions) == 2)
+        await until(lambda: len(recorder.transitions) == 2)
         pool.remove(["b"])
         pool.upsert([Target("a", "127.0.0.1", (Tcp(closed_port),), Health.HEALTHY)])  # its port changed
-        await _until(lambda: recorder.health()["a"] == Health.UNHEALTHY)
+        await until(lambda: recorder.health()["a"] == Health.UNHEALTHY)
         assert len(pool) == 1
         assert [tr.key for _, tr in recorder.transitions].count("b") == 1
 
@@ -106,13 +101,13 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
         2, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 1.0)
     ) as pool:
         pool.upsert(targets)
-        await _until(lambda: len(recorder.transitions) == 40)
+        await until(lambda: len(recorder.transitions) == 40)
         victim = pool.pids()[0]
         os.kill(victim, signal.SIGKILL)
-        await _until(lambda: pool.restarts[0] == 1 and len(pool.pids()) == 2 and victim not in pool.pids())
+        await until(lambda: pool.restarts[0] == 1 and len(pool.pids()) == 2 and victim not in pool.pids())
         new_pid = pool.pids()[0]
         # The new process probes the victim's targets again...
-        await _until(
+        await until(
             lambda: 0 in pool.stats and pool.stats[0].pid == new_pid and pool.stats[0].probes["tcp"] > 0
         )
         assert pool.stats[0].targets["tcp"] == sum(1 for t in targets if pool.worker_of(t.key) == 0)
@@ -126,10 +121,10 @@ async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: sock
 
     async with WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 1.0)) as pool:
         pool.upsert([Target("t", "127.0.0.1", (Tcp(listener.getsockname()[1]),))])
-        await _until(lambda: len(recorder.transitions) == 1)
+        await until(lambda: len(recorder.transitions) == 1)
         old = pool._procs[0]
         os.kill(pool.pids()[0], signal.SIGKILL)
-        await _until(lambda: pool._procs[0] is not old and len(pool.pids()) == 1)
+        await until(lambda: pool._procs[0] is not old and len(pool.pids()) == 1)
         fake = Transition("t", Health.UNHEALTHY, Tcp(1), "timeout", 0.2, 2, time.time())
         pool._on_message(old, Transitions(items=[fake]))  # a frame from the dead process
         assert len(recorder.transitions) == 1
@@ -173,7 +168,7 @@ async def test_broken_worker_is_killed_and_restarted_not_the_coordinator(
     await pool.start()
     try:
         first = pool.pids()
-        await _until(lambda: pool.restarts[0] >= 1)
+        await until(lambda: pool.restarts[0] >= 1)
         assert logged in caplog.text
         assert recorder.transitions == []
         assert not any(_alive(p) for p in first)

@@ -10,13 +10,14 @@ import json
 import logging
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from aiohttp import web
+from helpers import until
 from kubernetes_asyncio import client
 
 from ehc.kube.client import make_api_client
@@ -55,16 +56,6 @@ class Recorder:
 
     def versions(self) -> dict[str, str]:
         return {k: p.metadata.resourceVersion for k, p in self.pods.items()}
-
-
-async def wait_until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Poll ``cond``; the limit only turns a hang into a readable failure, it is not a bound under test."""
-    try:
-        async with asyncio.timeout(limit):
-            while not cond():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def server_versions(sim: SimCluster) -> dict[str, str]:
@@ -129,7 +120,7 @@ async def test_paginated_snapshot_then_added_modified_deleted(sim: SimCluster, a
         sim.api.set_pod_condition(first.namespace, first.name, "Ready", "False")
         sim.api.delete_pod("default", "newcomer")
         key = f"{first.namespace}/{first.name}"
-        await wait_until(lambda: len(rec.events) == 3, "three events")
+        await until(lambda: len(rec.events) == 3, "three events")
         assert rec.events == [
             ("ADDED", "default/newcomer"),
             ("MODIFIED", key),
@@ -139,7 +130,7 @@ async def test_paginated_snapshot_then_added_modified_deleted(sim: SimCluster, a
         assert cond is not None and cond.status == "False"
         assert rec.versions() == server_versions(sim)
         # bookmarks move the version forward without events
-        await wait_until(lambda: w.bookmarks > 0, "a bookmark")
+        await until(lambda: w.bookmarks > 0, "a bookmark")
         assert int(w.resource_version) >= int(rec.pods[key].metadata.resourceVersion)
         assert w.relists == 0 and w.reconnects == 0 and w.garbage_lines == 0 and not task.done()
 
@@ -152,7 +143,7 @@ async def test_namespace_and_label_selector(sim: SimCluster, api: client.ApiClie
         assert rec.snapshots == [[]]
         sim.api.create_pod(manifest("elsewhere", ns="shop"))
         sim.api.create_pod(manifest("here"))
-        await wait_until(lambda: rec.events, "an event")
+        await until(lambda: rec.events, "an event")
         assert rec.events == [("ADDED", "default/here")]
 
 
@@ -174,14 +165,14 @@ async def test_410_relists_and_loses_nothing(sim: SimCluster, api: client.ApiCli
             sim.api.set_pod_condition(victim.namespace, victim.name, "Ready", "False")
             sim.api.create_pod(manifest("during-relist"))
             sim.api.compact()  # the watcher's version is now too old: 410 on resumption
-        await wait_until(lambda: len(rec.snapshots) == 2, "a second snapshot")
+        await until(lambda: len(rec.snapshots) == 2, "a second snapshot")
         assert w.relists == 1
-        await wait_until(lambda: rec.versions() == server_versions(sim), "consumer matches the server")
+        await until(lambda: rec.versions() == server_versions(sim), "consumer matches the server")
         assert "default/during-relist" in rec.pods
         cond = rec.pods[f"{victim.namespace}/{victim.name}"].condition("Ready")
         assert cond is not None and cond.status == "False"
         sim.api.delete_pod("default", "during-relist")  # and it keeps watching after the relist
-        await wait_until(lambda: ("DELETED", "default/during-relist") in rec.events, "delete after relist")
+        await until(lambda: ("DELETED", "default/during-relist") in rec.events, "delete after relist")
         assert w.relists == 1 and not task.done()
 
 
@@ -192,10 +183,10 @@ async def test_abrupt_close_reconnects_without_relist(sim: SimCluster, api: clie
         await asyncio.wait_for(w.wait_synced(), 10)
         pods = sim.fleet.pods
         for i in range(3):
-            await wait_until(lambda: sim.api.watcher_count() == 1, "watch open")
+            await until(lambda: sim.api.watcher_count() == 1, "watch open")
             assert sim.api.close_watches(abrupt=True) == 1
             sim.api.set_pod_condition(pods[i].namespace, pods[i].name, "Ready", "False")
-            await wait_until(lambda i=i: len(rec.events) == i + 1, f"event {i}")
+            await until(lambda i=i: len(rec.events) == i + 1, f"event {i}")
         assert [k for k, _ in rec.events] == ["MODIFIED"] * 3
         assert w.reconnects >= 3 and w.watches >= 4
         assert w.relists == 0 and len(rec.snapshots) == 1 and w.lists == 1
@@ -229,13 +220,13 @@ async def test_500_and_429_on_list_and_watch_are_retried(
         [throttled] = retry_delays(caplog, "pod list failed: HTTP 429")
         assert throttled >= 1.0  # Retry-After honoured
         # now the watch: drop it, then fail its re-establishment; a change made meanwhile still arrives
-        await wait_until(lambda: sim.api.watcher_count() == 1, "watch open")
+        await until(lambda: sim.api.watcher_count() == 1, "watch open")
         faults.fail(3, 500, verb="GET", path=PODS)
         faults.fail(1, 503, verb="GET", path=PODS)
         sim.api.close_watches(abrupt=True)
         p = sim.fleet.pods[5]
         sim.api.set_pod_condition(p.namespace, p.name, "Ready", "False")
-        await wait_until(lambda: rec.events == [("MODIFIED", f"{p.namespace}/{p.name}")], "the change")
+        await until(lambda: rec.events == [("MODIFIED", f"{p.namespace}/{p.name}")], "the change")
         assert len(retry_delays(caplog, "pod watch failed: HTTP 5")) == 4
         assert w.relists == 0 and w.lists == 1 and len(rec.snapshots) == 1 and not task.done()
         assert rec.versions() == server_versions(sim)
@@ -261,7 +252,7 @@ async def test_callbacks_that_raise_do_not_kill_the_watcher(
         await asyncio.wait_for(w.wait_synced(), 10)
         sim.api.create_pod(manifest("one"))
         sim.api.create_pod(manifest("two"))
-        await wait_until(lambda: seen == ["one", "two"], "both events")
+        await until(lambda: seen == ["one", "two"], "both events")
         assert w.callback_errors == 2 and w.reconnects == 0 and not task.done()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert len(errors) == 2
@@ -271,11 +262,11 @@ async def test_cancel_closes_the_watch(sim: SimCluster, api: client.ApiClient) -
     w = start(api, Recorder())
     task = asyncio.create_task(w.run())
     await asyncio.wait_for(w.wait_synced(), 10)
-    await wait_until(lambda: sim.api.watcher_count() == 1, "watch open")
+    await until(lambda: sim.api.watcher_count() == 1, "watch open")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: sim.api.watcher_count() == 0, "the server saw the watch go away")
+    await until(lambda: sim.api.watcher_count() == 0, "the server saw the watch go away")
 
 
 class LeaseSpec(msgspec.Struct):
@@ -339,15 +330,15 @@ async def test_another_resource_leases_from_the_simulated_server(
         leases.delete("default", "c")
         leases.create(lease_json("d", "default", "first"))
         leases.create(lease_json("ignored", "kube-system", "first"))
-        await wait_until(lambda: len(got.events) == 3, "three lease events")
+        await until(lambda: len(got.events) == 3, "three lease events")
         assert got.events == [("MODIFIED", "default/b"), ("DELETED", "default/c"), ("ADDED", "default/d")]
         assert got.items["default/b"].spec.holderIdentity == "second"
-        await wait_until(lambda: w.bookmarks > 0, "a bookmark")
+        await until(lambda: w.bookmarks > 0, "a bookmark")
         # the same relist on 410 as for pods
         sim.api.close_watches(abrupt=True)
         leases.delete("default", "a")
         sim.api.compact()
-        await wait_until(lambda: len(got.snapshots) == 2, "a relist")
+        await until(lambda: len(got.snapshots) == 2, "a relist")
         assert w.relists == 1 and sorted(got.items) == ["default/b", "default/d"]
         assert not task.done()
 
@@ -480,7 +471,7 @@ async def test_garbage_lines_restart_the_watch_from_the_last_good_version(
     async with scripted(tmp_path, server) as api:
         w = start(api, rec)
         async with running(w) as task:
-            await wait_until(lambda: len(rec.events) == 3, "three good events")
+            await until(lambda: len(rec.events) == 3, "three good events")
             assert rec.events == [("ADDED", "default/a"), ("MODIFIED", "default/a"), ("ADDED", "default/c")]
             assert server.watch_rvs == ["10", "11", "12", "12", "12"]
             assert w.garbage_lines == 4 and w.resource_version == "13"
@@ -509,7 +500,7 @@ async def test_lines_split_and_joined_across_chunks(tmp_path: Path) -> None:
     async with scripted(tmp_path, server) as api:
         w = start(api, rec)
         async with running(w):
-            await wait_until(lambda: len(server.watch_rvs) == 3, "the third watch")
+            await until(lambda: len(server.watch_rvs) == 3, "the third watch")
             assert rec.events == [
                 ("ADDED", "default/a"),
                 ("ADDED", "default/b"),
@@ -529,7 +520,7 @@ async def test_http_410_and_error_events_on_the_watch(tmp_path: Path) -> None:
     async with scripted(tmp_path, server) as api:
         w = start(api, rec)
         async with running(w):
-            await wait_until(lambda: rec.events, "an event after the relists")
+            await until(lambda: rec.events, "an event after the relists")
             # ERROR 500: resume from the same version; HTTP 410: relist; ERROR 410: relist again
             assert server.watch_rvs == ["10", "10", "20", "20"]
             assert server.list_calls == 3 and w.relists == 2 and w.reconnects >= 1
@@ -555,11 +546,11 @@ async def test_connection_refused_until_the_server_appears(
         w = start(ac, rec)
         try:
             async with running(w):
-                await wait_until(lambda: w.reconnects >= 2, "retries while nothing listens")
+                await until(lambda: w.reconnects >= 2, "retries while nothing listens")
                 assert not w.synced and w.last_error and "pod list failed" in w.last_error
                 await server.start(port)
                 await asyncio.wait_for(w.wait_synced(), 10)
-                await wait_until(lambda: server.watch_rvs == ["5"], "the watch")
+                await until(lambda: server.watch_rvs == ["5"], "the watch")
         finally:
             await server.stop()
     assert rec.snapshots == [["default/p0"]]
@@ -632,7 +623,7 @@ async def test_another_resource_endpointslices_from_a_scripted_server(tmp_path: 
                 backoff=FAST,
             )  # fmt: skip
             async with running(w):
-                await wait_until(lambda: len(got.events) == 2, "two slice events")
+                await until(lambda: len(got.events) == 2, "two slice events")
                 assert got.snapshots == [["shop/web-abc"]]
                 assert got.events == [("MODIFIED", "shop/web-abc"), ("ADDED", "shop/web-def")]
                 conditions = got.items["shop/web-abc"].endpoints[0].conditions

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from deploy_helpers import kustomize, one, render_chart
+from helpers import conditions_are, until
 
 from ehc.sim import SimCluster
 
@@ -82,17 +83,13 @@ async def record_ehc_run() -> list[tuple[Grant, str, str]]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            async with asyncio.timeout(30):
-                while not all(
-                    api.pod_condition(p.namespace, p.name, "endpointHealthCheckSuccess") == "True"
-                    for p in gate
-                ):
-                    await asyncio.sleep(0.05)
-                # Without a network namespace the node's ports refuse connections (pings still answer).
-                fleet.power_off(victim)
-                while not api.write_log.select(resource="events", actor="client", ok=True):
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(1.0)  # a few lease renewals
+            await until(conditions_are(api, gate, "True"), "every gate pod's first value")
+            # Without a network namespace the node's ports refuse connections (pings still answer).
+            fleet.power_off(victim)
+            await until(
+                lambda: bool(api.write_log.select(resource="events", actor="client", ok=True)), "an Event"
+            )
+            await asyncio.sleep(1.0)  # a few lease renewals
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

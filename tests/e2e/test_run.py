@@ -8,7 +8,7 @@ import os
 import sys
 
 import pytest
-from sim_helpers import conditions_are, stop, until
+from helpers import conditions_are, stop, until
 
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns

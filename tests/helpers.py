@@ -1,19 +1,28 @@
-"""Helpers for tests that run a checker process against the simulated cluster."""
+"""Helpers shared by the tests: the one polling helper, and what tests of a checker process need."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ehc.kube.model import GATE
 
 
-async def until(predicate: Callable[[], bool], limit: float = 30.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.05)
+async def until(
+    predicate: Callable[[], bool], what: str = "the condition", limit: float = 30.0, step: float = 0.01
+) -> float:
+    """Poll ``predicate`` every ``step`` seconds; return the monotonic time it held.
+
+    ``limit`` only turns a hang into a readable failure: it is not a bound under test."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {limit:g}s")
+        await asyncio.sleep(step)
+    return time.monotonic()
 
 
 async def stop(proc: asyncio.subprocess.Process) -> int:
