@@ -3,7 +3,7 @@
 All attempts of a prober share one timeout, so their deadlines expire in the order the attempts
 started: they wait in a FIFO, and a single loop timer is set for the oldest one still active, instead
 of a timer created and cancelled per attempt (``perf/bench_probe.py`` measures the difference).
-Attempts that finish early stay queued, marked inactive, and are skipped when they reach the head.
+Attempts that finish early stay queued, marked inactive, until they reach the head.
 Deadlines are ``time.monotonic()`` values, the clock loop timers run on.
 """
 
@@ -33,7 +33,13 @@ class Deadlines:
 
     def add(self, attempt: Expiring) -> None:
         """Queue an attempt whose deadline is no earlier than any queued one's."""
-        self._queue.append(attempt)
+        queue = self._queue
+        # Attempts mostly finish in the order they started: dropping finished ones from the head here
+        # keeps the queue about as long as what is in flight, and spreads that work over the adds
+        # instead of one sweep walking a whole interval's worth of finished attempts at once.
+        while queue and not queue[0].active:
+            queue.popleft()
+        queue.append(attempt)
         if self._timer is None:
             self._timer = self._loop.call_at(attempt.deadline, self._sweep)
 
