@@ -65,6 +65,8 @@ def test_bracketed_ipv6_port(closed_port: int) -> None:
         (["probe", "--timeout", "0s", "127.0.0.1"], "argument --timeout: must be greater than 0"),
         (["probe", "--retry-count", "-1", "127.0.0.1"], "argument --retry-count"),
         (["probe", "--watch", "--workers", "0", "127.0.0.1"], "argument --workers"),
+        (["probe", "--retry-count", "99999999", "127.0.0.1"], "expected a whole number >= 0 and <= 100"),
+        (["probe", "127.0.0.1:８０"], "port '８０' is not a number from 1 to 65535"),
         (["probe"], "the following arguments are required: TARGET"),
     ],
 )
@@ -87,3 +89,26 @@ def test_silently_dropped_traffic_is_unhealthy_after_the_timeout(netns, listener
     assert tcp.split()[1:4] == ["unhealthy", "tcp", "timeout"]
     assert icmp.split()[1:4] == ["unhealthy", "icmp", "timeout"]
     assert up.split()[1:3] == ["healthy", "icmp"]
+
+
+def test_an_ipv6_address_that_looks_like_a_port_gets_a_hint() -> None:
+    r = ehc("probe", "--timeout", "100ms", "--retry-count", "0", "::1:80")
+    assert (
+        "'::1:80' is the IPv6 address ::1:80, probed by ICMP; for port 80 of ::1 write [::1]:80" in r.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sim", "--nodes", "-1"], "argument --nodes: expected a whole number >= 1 and <= 4096, got '-1'"),
+        (
+            ["sim", "--pods-per-node", "5000"],
+            "argument --pods-per-node: expected a whole number >= 1 and <= 1021",
+        ),
+        (["sim", "--nodes", "4000", "--pods-per-node", "1000"], "is 4,000,000 pods; at most 100,000 in all"),
+    ],
+)
+def test_sim_refuses_a_fleet_it_cannot_be(args: list[str], message: str) -> None:
+    r = ehc(*args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -4,9 +4,11 @@ kubernetes_asyncio client over HTTP, against the simulated cluster without a net
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import aiohttp
+import pytest
 from helpers import conditions_are, until
 
 from ehc.coordinator import metrics
@@ -80,3 +82,35 @@ async def test_controller_and_metrics_in_process() -> None:
             await client.close()
         lease = api.collections[("coordination.k8s.io", "v1", "leases")].get("default", settings.lease_name)
         assert lease is not None and not lease["spec"].get("holderIdentity")  # released on the way out
+
+
+async def test_a_leader_that_cannot_run_its_workers_gives_the_lease_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Replica a's workers cannot start (their interpreter dies at once); b's can.  a must not sit on the
+    # Lease probing nothing: it says why, hands the Lease over, and b protects the pods.
+    env = {"POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": "", "LEASE_DURATION": "2s", "RENEW_DEADLINE": "1s",
+           "RETRY_PERIOD": "250ms"}  # fmt: skip
+    async with SimCluster(nodes=1, pods_per_node=8, kubelet_delay=None, netns=False) as sim:
+        gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
+        clients = [await make_api_client(sim.kubeconfig) for _ in range(2)]
+        broken = {**os.environ, "PYTHONHOME": "/nonexistent"}
+        a = Controller(load(None, env={**env, "POD_NAME": "ehc-a"}), clients[0], worker_env=broken)
+        b = Controller(load(None, env={**env, "POD_NAME": "ehc-b"}), clients[1])
+        tasks = [asyncio.create_task(a.run())]
+        try:
+            await until(a.elector.is_leader, "a leading")
+            assert not a.ready  # leading without workers is not ready
+            tasks.append(asyncio.create_task(b.run()))
+            await until(lambda: a.elector.give_ups >= 1, "a giving up")
+            await until(b.elector.is_leader, "b leading")
+            await until(conditions_are(sim.api, gate_pods, "True"), "b setting the gate pods' first values")
+            await until(lambda: b.ready, "b ready: its workers probe")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in clients:
+                await c.close()
+    said = [r.getMessage() for r in caplog.records if "cannot lead" in r.getMessage()]
+    assert said and "exited with code 1 3 times before it was ready" in said[0] and "giving lease" in said[0]

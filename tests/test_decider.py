@@ -33,8 +33,12 @@ class Pipeline:
             **kw,  # type: ignore[arg-type]
         )
         self.source = PodSource(
-            self, submit=sink.submitted.append, cancel=sink.cancelled.append, events=Events()
-        )  # type: ignore[arg-type]
+            self,
+            submit=sink.submitted.append,
+            cancel=sink.cancelled.append,
+            settled=lambda key: key not in sink.busy,
+            events=Events(),  # type: ignore[arg-type]
+        )
 
     def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
         self.source.verdict(key, verdict, tr)
@@ -93,6 +97,7 @@ class Sink:
         self.submitted: list[StatusPatch] = []
         self.cancelled: list[str] = []
         self.failsafe: list[bool] = []
+        self.busy: set[str] = set()  # keys the write queue still has queued, in flight or just landed
 
     def decider(self, **kw: object) -> Pipeline:
         return Pipeline(self, **kw)
@@ -244,3 +249,18 @@ def test_a_recovery_that_releases_the_failsafe_is_written_too() -> None:
     last = dict(sink.written())  # the latest write per pod is what the write queue sends
     assert last.pop("ns/p1") == {GATE: "True"}  # p1 is back in service
     assert last == {f"ns/p{i}": {GATE: "False", READY: "False"} for i in range(2, 7)}
+
+
+def test_resync_writes_again_what_was_lost_and_nothing_the_pod_shows() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    d.observe(target(), conds(ready="True", gate="True"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    assert len(sink.submitted) == 1
+    sink.busy.add("ns/p0")
+    assert d.source.resync() == 0  # still queued, in flight or just landed: not yet
+    sink.busy.clear()
+    assert d.source.resync() == 1  # settled, and the pod still shows it in service: wanted again
+    assert sink.written()[-1] == ("ns/p0", {GATE: "False", READY: "False"})
+    d.observe(target(), conds(ready="False", gate="False"))
+    assert d.source.resync() == 0 and len(sink.submitted) == 2

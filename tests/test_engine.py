@@ -142,6 +142,29 @@ async def test_local_errors_never_flip_a_target() -> None:
     engine.close()
 
 
+async def test_a_probe_that_raises_is_a_local_error_and_the_wheel_keeps_turning() -> None:
+    # A bad target makes its probe raise on every attempt; every other target is still probed.
+    def script(i: int) -> int:
+        return OK
+
+    engine, prober, transitions = _engine(script)
+    start = prober.start
+
+    def start_or_raise(ip: str, family: int, check: Check, done: Done) -> None:
+        if ip == "127.0.0.66":
+            raise OverflowError("port must be 0-65535")
+        start(ip, family, check, done)
+
+    prober.start = start_or_raise  # type: ignore[method-assign]
+    engine.upsert(Target("bad", "127.0.0.66", (Tcp(80),), Health.HEALTHY))
+    for i in range(20):
+        engine.upsert(Target(f"t{i}", "127.0.0.1", (Tcp(80),), Health.HEALTHY))
+    await until(lambda: engine.local_errors >= 3)  # several intervals: the wheel kept turning
+    assert len(prober.calls) >= 20 * 2 and engine.probes["tcp"] >= 20 * 2
+    assert transitions == [] and engine.health("bad") == Health.HEALTHY
+    engine.close()
+
+
 async def test_removed_target_reports_nothing() -> None:
     engine, prober, transitions = _engine(lambda i: FAIL)
     engine.upsert(Target("a", "127.0.0.1", (Tcp(80),), Health.HEALTHY), immediate=True)

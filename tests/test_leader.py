@@ -225,3 +225,21 @@ def test_rejects_inconsistent_timings(
             namespace=NS, name=LEASE, identity="a", lease_duration=lease_duration,
             renew_deadline=renew_deadline, retry_period=retry_period,
         )  # fmt: skip
+
+
+async def test_lease_failures_are_said_with_what_to_fix_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    # Missing RBAC: every Lease request is refused.  A broken replica must not look healthy and quiet.
+    async with cluster() as sim:
+        sim.api.faults.fail(10**6, 403, path=LEASES)
+        async with candidates(sim, "ehc-a") as ([a], _):
+            await until(lambda: a.elector.errors >= 5, "several refused lease requests")
+            assert not a.elector.is_leader() and a.elector.last_success == float("-inf")
+            said = [r for r in caplog.records if r.name == "ehc.kube.leader" and "HTTP 403" in r.getMessage()]
+            assert len(said) == 1  # one line per 30 s, not one per retry
+            assert (
+                said[0].levelname == "WARNING"
+                and "must grant leases get, create and update" in said[0].getMessage()
+            )
+            sim.api.faults.clear()
+            await until(a.elector.is_leader, "leading once the API lets it")
+            assert time.monotonic() - a.elector.last_success < 5

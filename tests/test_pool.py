@@ -177,6 +177,54 @@ async def test_broken_worker_is_killed_and_restarted_not_the_coordinator(
     assert pool.pids() == []
 
 
+# The real worker, with a wheel that never turns: its stats keep coming, its probes do not.
+STALLED_WORKER = [
+    sys.executable, "-c",
+    "import sys; from ehc.worker.engine import Engine; Engine._drive = lambda self: None; "
+    "from ehc.worker.__main__ import main; sys.exit(main())",
+]  # fmt: skip
+
+
+async def test_a_worker_that_stops_probing_is_noticed_restarted_and_not_healthy(
+    recorder: Recorder, listener: socket.socket, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.ERROR, logger="ehc.coordinator.pool")
+    pool = WorkerPool(
+        1, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 0.2),
+        worker_command=STALLED_WORKER,
+    )  # fmt: skip
+    await pool.start()
+    try:
+        pool.upsert([Target(f"t{i}", "127.0.0.1", (Tcp(listener.getsockname()[1]),)) for i in range(5)])
+        await until(lambda: 0 in pool.stats and sum(pool.stats[0].targets.values()) == 5, "its stats")
+        await until(lambda: pool.stalls[0] >= 1 and pool.restarts[0] >= 1, "the stall noticed", limit=30)
+        assert "holds 5 targets but made no probe attempt" in caplog.text
+        assert not pool.healthy()
+    finally:
+        await pool.close()
+
+
+async def test_a_healthy_pool_says_so_once_its_workers_probe(
+    recorder: Recorder, listener: socket.socket
+) -> None:
+    async with WorkerPool(1, FAST, on_transition=recorder.on_transition, stats_interval=0.2) as pool:
+        pool.upsert([Target(f"t{i}", "127.0.0.1", (Tcp(listener.getsockname()[1]),)) for i in range(5)])
+        await until(pool.healthy, "a probing worker")
+        assert pool.stalls == [0]
+
+
+async def test_start_gives_up_on_workers_that_exit_before_they_are_ready(recorder: Recorder) -> None:
+    pool = WorkerPool(
+        2, FAST, on_transition=recorder.on_transition, restart_backoff=(0.01, 0.05),
+        worker_command=[sys.executable, "-c", "import sys; sys.exit(3)"],
+    )  # fmt: skip
+    try:
+        with pytest.raises(RuntimeError, match="exited with code 3 3 times before it was ready"):
+            await pool.start(timeout=30)
+    finally:
+        await pool.close()
+
+
 COORDINATOR = [sys.executable, "-m", "ehc", "probe", "--watch", "--workers", "3", "--interval", "200ms"]
 
 

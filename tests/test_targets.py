@@ -111,6 +111,43 @@ def test_garbage_pod_ip_is_a_problem_not_a_target() -> None:
 
 
 @pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("fe80::1%eth0", "zone index"),
+        ("0.0.0.0", "not a unicast address"),
+        ("ff02::1", "not a unicast address"),
+    ],
+)
+def test_addresses_a_pod_never_has_are_problems_not_targets(ip: str, why: str) -> None:
+    sel = select(pod(ip=ip))
+    assert sel.target is None and why in sel.problems[0] and repr(ip) in sel.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("port", "ports", "why"),
+    [(99999, [], "out of range"), ("99999", [], "out of range"), (0, [], "out of range"),
+     ("big", [{"containerPort": 99999, "name": "big"}], "names containerPort 99999, out of range"),
+     ("８０", [], "does not name a TCP port")],  # non-ASCII digits are not a port number
+)  # fmt: skip
+def test_ports_out_of_range_are_problems_and_not_checked(port: int | str, ports: list[Any], why: str) -> None:
+    containers = [{"name": "app", "ports": ports, "readinessProbe": probe("tcpSocket", port),
+                   "livenessProbe": probe("tcpSocket", 8080)}]  # fmt: skip
+    sel = select(pod(containers=containers))
+    assert sel.target is not None and sel.target.ports == (8080,)
+    assert len(sel.problems) == 1 and why in sel.problems[0], sel.problems
+
+
+@pytest.mark.parametrize("value", ["TRUE", "True", "yes", "1", "on"])
+def test_an_annotation_that_means_true_to_a_person_is_a_problem_worth_an_event(value: str) -> None:
+    sel = select(pod(annotation=value))
+    assert sel.target is None
+    assert (
+        sel.problems and f'={value!r} is not "true"' in sel.problems[0] and "not checked" in sel.problems[0]
+    )
+    assert select(pod(annotation="false")).problems == ()  # a plain opt-out is not a problem
+
+
+@pytest.mark.parametrize(
     ("mode", "conditions", "health"),
     [
         (Mode.GATE, [], Health.UNKNOWN),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from ehc.probe import FAIL, OK
+from ehc.probe import FAIL, LOCAL_ERROR, OK
 from ehc.probe.tcp import TcpProber
 from ehc.wire.checks import Tcp
 
@@ -107,3 +108,24 @@ async def test_silent_drop_times_out_as_failure(netns) -> None:  # type: ignore[
     out = netns.run([sys.executable, "-c", code], check=True).stdout.split()
     assert out[0] == str(FAIL) and out[2] == "timeout"
     assert float(out[1]) >= 0.29
+
+
+def test_running_out_of_descriptors_is_a_local_error_that_says_so(listener: socket.socket) -> None:
+    code = (
+        "import asyncio, json, resource, socket\n"
+        "from ehc.probe.tcp import TcpProber\n"
+        "from ehc.wire.checks import Tcp\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop(); got = []\n"
+        "    prober = TcpProber(loop, 1.0)\n"
+        f"    for _ in range(200): prober.start('127.0.0.1', socket.AF_INET, Tcp({listener.getsockname()[1]}), lambda *r: got.append(r))\n"
+        "    while len(got) < 200: await asyncio.sleep(0.01)\n"
+        "    print(json.dumps(got))\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+    results = json.loads(out.stdout)
+    local = [detail for outcome, _, detail in results if outcome == LOCAL_ERROR]
+    assert local and all("too many open files (limit 64" in d for d in local), local[:3]
+    assert all(outcome in (OK, LOCAL_ERROR) for outcome, _, _ in results)  # never blamed on the endpoint

@@ -135,6 +135,35 @@ async def test_paginated_snapshot_then_added_modified_deleted(sim: SimCluster, a
         assert w.relists == 0 and w.reconnects == 0 and w.garbage_lines == 0 and not task.done()
 
 
+def undecodable(name: str) -> dict[str, Any]:
+    """A pod the API server stores but ehc cannot read: a probe port that is neither int nor string."""
+    pod = manifest(name)
+    pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 80.5}}
+    return pod
+
+
+async def test_an_undecodable_pod_is_skipped_by_name_and_blinds_nothing(
+    sim: SimCluster, api: client.ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.api.create_pod(undecodable("odd-listed"))
+    rec = Recorder()
+    w = start(api, rec, page_size=4)
+    async with running(w) as task:
+        await asyncio.wait_for(w.wait_synced(), 10)
+        # The list carried on past it: every other pod is there, and the odd one counts as present.
+        assert sorted(rec.pods) == sorted(k for k in server_versions(sim) if k != "default/odd-listed")
+        assert "default/odd-listed" in rec.snapshots[0]
+        sim.api.create_pod(undecodable("odd-watched"))
+        sim.api.create_pod(manifest("after-it"))
+        await until(lambda: ("ADDED", "default/after-it") in rec.events, "the pod after the odd one")
+        assert rec.events == [("ADDED", "default/after-it")]  # the odd one was skipped, not replayed
+        sim.api.delete_pod("default", "odd-watched")  # a deletion is handed on by its metadata alone
+        await until(lambda: ("DELETED", "default/odd-watched") in rec.events, "the odd pod's deletion")
+        assert w.undecodable == 2 and w.garbage_lines == 0 and w.reconnects == 0 and not task.done()
+    said = [r.getMessage() for r in caplog.records if "does not decode" in r.getMessage()]
+    assert len(said) == 2 and "default/odd-listed" in said[0] and "$.spec.containers[0]" in said[0]
+
+
 async def test_namespace_and_label_selector(sim: SimCluster, api: client.ApiClient) -> None:
     rec = Recorder()
     w = start(api, rec, namespace="default", label_selector="app=extra")

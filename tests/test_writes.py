@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers import until
 
 from ehc.kube.client import make_api_client
 from ehc.kube.model import Condition
@@ -128,6 +129,7 @@ async def test_one_strategic_merge_patch_per_decision_and_no_get() -> None:
             w = by_name[d.name]
             assert w.verb == "PATCH" and w.content_type == STRATEGIC_MERGE and w.status == 200
             assert w.body == {
+                "metadata": {"uid": d.uid},  # a precondition: this pod, not one recreated under its name
                 "status": {
                     "conditions": [
                         {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
@@ -195,7 +197,7 @@ async def test_storms_of_429_and_500_lose_nothing_and_keep_order() -> None:
         sim.api.faults.throttle(4, retry_after=1, verb="PATCH", path=PODS_STATUS)
         sim.api.faults.fail(15, 500, verb="PATCH", path=PODS_STATUS)
         sim.api.faults.fail(5, 503, verb="PATCH", path=PODS_STATUS)
-        async with running(sim, backoff=(0.01, 0.1), max_attempts=30, concurrency=4) as (patcher, done):
+        async with running(sim, backoff=(0.01, 0.1), concurrency=4) as (patcher, done):
             submitted: dict[str, list[StatusPatch]] = {n: [] for n in names}
             for round_, status in enumerate(("False", "True", "False")):
                 for n in names:
@@ -235,7 +237,8 @@ async def test_404_is_not_found_without_retry_and_422_is_dropped() -> None:
         name = add_pods(sim, 1)[0]
         async with running(sim) as (patcher, done):
             patcher.submit(decision(sim, "no-such-pod", ("Ready", "False")))
-            bad = StatusPatch("default", name, "uid", (Condition(type="Ready", status="Maybe"),))
+            uid = sim.api.get_pod("default", name)["metadata"]["uid"]
+            bad = StatusPatch("default", name, uid, (Condition(type="Ready", status="Maybe"),))
             patcher.submit(bad)
             await done.wait(2)
             await asyncio.sleep(0.2)  # no retry shows up
@@ -245,15 +248,50 @@ async def test_404_is_not_found_without_retry_and_422_is_dropped() -> None:
         assert patcher.requests == 2
 
 
-async def test_gives_up_after_max_attempts() -> None:
+async def test_a_write_for_a_pod_recreated_under_its_name_is_refused_and_dropped() -> None:
+    # A StatefulSet deletes and recreates its pods under the same names: an ejection decided for the
+    # old pod must not land on the new, healthy one.  The UID is the precondition.
     async with cluster() as sim:
         name = add_pods(sim, 1)[0]
-        sim.api.faults.fail(100, 500, verb="PATCH", path=PODS_STATUS)
-        async with running(sim, max_attempts=3, backoff=(0.01, 0.02)) as (patcher, done):
-            patcher.submit(decision(sim, name, ("Ready", "False")))
+        stale = decision(sim, name, ("Ready", "False"))
+        old = sim.api.get_pod("default", name)
+        sim.api.delete_pod("default", name)
+        sim.api.create_pod({**old, "metadata": {"name": name, "namespace": "default"}})
+        assert sim.api.get_pod("default", name)["metadata"]["uid"] != stale.uid
+        async with running(sim) as (patcher, done):
+            patcher.submit(stale)
             await done.wait(1)
-        assert done.outcomes() == ["failed"]
-        assert len(status_writes(sim, name)) == 3
+            await asyncio.sleep(0.2)  # no retry shows up
+        assert done.outcomes() == ["dropped"]
+        (write,) = status_writes(sim, name)
+        assert write.status == 409 and write.body["metadata"] == {"uid": stale.uid}
+        assert sim.api.pod_condition("default", name) == "True"  # the new pod was not touched
+
+
+async def test_an_outage_of_any_length_loses_nothing_and_is_paced() -> None:
+    # Level-triggered: a write stays wanted until it lands.  During an outage the queue sends one write
+    # at a time, paced, instead of every write's own retries; the first answer releases them all.
+    async with cluster() as sim:
+        names = add_pods(sim, 10)
+        sim.api.faults.fail(10**6, 500, verb="PATCH", path=PODS_STATUS)
+        async with running(sim, backoff=(0.01, 0.05), concurrency=8) as (patcher, done):
+            for n in names:
+                patcher.submit(decision(sim, n, ("Ready", "False")))
+            # Declared after 3 failures in a row; requests sent before that may still be in flight.
+            await until(lambda: patcher.outage and patcher.in_flight <= 1, "an outage")
+            in_flight: list[int] = []
+            # Far past the 8 attempts after which a write used to be given up for good.
+            await until(
+                lambda: in_flight.append(patcher.in_flight) or patcher.retries >= 10 * 8, "a long outage"
+            )
+            assert max(in_flight) <= 1 and done.calls == []
+            sim.api.faults.clear()
+            await done.wait(10)
+        assert done.outcomes() == ["ok"] * 10 and not patcher.outage
+        for n in names:
+            assert [w.status for w in status_writes(sim, n)][-1] == 200
+            assert [w.status for w in status_writes(sim, n)].count(200) == 1  # landed once
+            assert sim.api.pod_condition("default", n) == "False"
 
 
 async def test_qps_budget_spreads_writes() -> None:
@@ -323,3 +361,20 @@ async def test_qps_budget_follows_the_injected_clock() -> None:
             patcher.wake()
             await done.wait(3)
         assert len(status_writes(sim)) == 3
+
+
+async def test_settled_only_once_a_landed_write_had_time_to_show() -> None:
+    # A resync compares desired with observed state only for settled objects: nothing queued or in
+    # flight, and no write so recent that the watch may not show it yet (which would duplicate it).
+    async with cluster() as sim:
+        name = add_pods(sim, 1)[0]
+        key = f"default/{name}"
+        now = [time.monotonic()]
+        async with running(sim, batch_window=0.0, clock=lambda: now[0]) as (patcher, done):
+            assert patcher.settled(key)
+            patcher.submit(decision(sim, name, ("Ready", "False")))
+            assert not patcher.settled(key)
+            await done.wait(1)
+            assert done.outcomes() == ["ok"] and not patcher.settled(key)
+            now[0] += 5.1
+            assert patcher.settled(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from ehc.wire.settings import parse_duration
 
@@ -18,15 +19,22 @@ def duration(text: str) -> float:
     return value
 
 
-def count(text: str) -> int:
-    """A whole number >= 0."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A whole number (ASCII digits) from ``minimum`` to ``maximum``."""
+    allowed = f"a whole number >= {minimum}" + ("" if maximum is None else f" and <= {maximum}")
+
+    def parse(text: str) -> int:
+        t = text.strip()
+        if (
+            not (t.isascii() and t.isdigit())
+            or int(t) < minimum
+            or (maximum is not None and int(t) > maximum)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return int(t)
+
+    return parse
 
 
-def positive(text: str) -> int:
-    """A whole number >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
+count = whole(0)
+positive = whole(1)

@@ -19,6 +19,7 @@ import uvloop
 
 from ehc.cli import argtypes
 from ehc.coordinator.pool import WorkerPool
+from ehc.coordinator.settings import MAX_RETRY_COUNT
 from ehc.wire.checks import Check, Icmp, Tcp, kind_of, target_kind
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings, format_duration
@@ -48,10 +49,22 @@ def parse_target(text: str) -> Target:
         raise ValueError(f"target {text!r}: {host!r} is not an IPv4 or IPv6 address") from None
     check: Check = Icmp()
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ValueError(f"target {text!r}: port {port_text!r} is not a number from 1 to 65535")
         check = Tcp(int(port_text))
     return Target(key=text, ip=str(ip), checks=(check,))
+
+
+def _port_hint(text: str) -> str:
+    """For ``::1:80``: it is the IPv6 address ::1:80, probed by ICMP; port 80 of ::1 is ``[::1]:80``."""
+    host, _, last = text.rpartition(":")
+    if text.startswith("[") or text.count(":") < 2 or not (last.isascii() and last.isdigit()):
+        return ""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return ""
+    return f"{text!r} is the IPv6 address {ipaddress.IPv6Address(text)}, probed by ICMP; for port {last} of {host} write [{host}]:{last}"
 
 
 def _target_arg(text: str) -> Target:
@@ -81,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--retry-count",
-        type=argtypes.count,
+        type=argtypes.whole(0, MAX_RETRY_COUNT),
         default=_DEFAULTS.retry_count,
         metavar="N",
         help=f"unhealthy after 1+N failed attempts in a row (default {_DEFAULTS.retry_count})",
@@ -117,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ehc probe: error: {exc}", file=sys.stderr)
         return 2
+    for target in args.targets:
+        if hint := _port_hint(target.key):
+            print(f"ehc probe: {hint}", file=sys.stderr)
     raise_fd_limit()
     if args.watch:
         return uvloop.run(watch(args.targets, settings, args.workers))

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ehc run: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    for concern in settings_mod.concerns(settings):
+        log.warning("%s", concern)
     raise_fd_limit()
     return uvloop.run(_main(settings, args.kubeconfig))
 
@@ -57,11 +59,19 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
 
     try:
         api = await make_api_client(kubeconfig)
-    except (ConfigException, OSError) as exc:
-        log.error("no cluster to talk to: %s (give --kubeconfig, set KUBECONFIG, or run in a pod)", exc)
+    except Exception as exc:  # the config loaders raise anything from ConfigException to TypeError
+        why = str(exc) if isinstance(exc, ConfigException | OSError) else f"{type(exc).__name__}: {exc}"
+        log.error("no cluster to talk to: %s (give --kubeconfig, set KUBECONFIG, or run in a pod)", why)
         return 2
     controller = Controller(settings, api)
-    runner = await metrics.serve(controller, settings.metrics_address) if settings.metrics_address else None
+    try:
+        runner = (
+            await metrics.serve(controller, settings.metrics_address) if settings.metrics_address else None
+        )
+    except OSError as exc:  # in use, not an address of this host, not resolvable
+        log.error("EHC_METRICS_ADDRESS=%r: cannot listen there: %s", settings.metrics_address, exc)
+        await api.close()
+        return 2
     log.info(
         "ehc starting as %s: interval %ss, timeout %ss, retry count %d, %d worker(s), lease %s/%s",
         settings.identity, settings.interval, settings.timeout, settings.retry_count, settings.workers,

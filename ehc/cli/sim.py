@@ -9,6 +9,17 @@ import logging
 import shlex
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+from ehc.cli import argtypes
+from ehc.sim.fleet import BLOCK
+
+if TYPE_CHECKING:
+    from ehc.sim import SimCluster
+
+MAX_NODES = 4096  # each node owns a /22 of 127.64.0.0/10
+MAX_PODS_PER_NODE = BLOCK - 3
+MAX_PODS = 100_000  # the simulated API server holds every pod in memory, and lists them all
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,8 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="run a simulated cluster (API server + fake nodes) until Ctrl-C",
         description="Serve a simulated Kubernetes API and a fleet of fake pods that answer on loopback.",
     )
-    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    p.add_argument("--pods-per-node", type=int, default=10, help="pods per node (default 10)")
+    p.add_argument(
+        "--nodes",
+        type=argtypes.whole(1, MAX_NODES),
+        default=3,
+        help=f"number of nodes (default 3, at most {MAX_NODES})",
+    )
+    p.add_argument(
+        "--pods-per-node", type=argtypes.whole(1, MAX_PODS_PER_NODE), default=10,
+        help=f"pods per node (default 10, at most {MAX_PODS_PER_NODE})",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=1, help="fleet generation seed (default 1)")
     p.add_argument(
         "--ipv6-every", type=int, default=25, help="every Nth pod is IPv6; 0 for none (default 25)"
@@ -34,7 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run)
 
 
+def run_command(sim: SimCluster) -> list[str]:
+    """``ehc run`` against ``sim``, inside its network namespace, with its metrics on a port the fleet's
+    pods do not use (they listen on every address there)."""
+    ports = {p for pod in sim.fleet.pods for p in pod.ports}
+    metrics = next(p for p in range(19090, 20000) if p not in ports)
+    return [
+        *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
+        "--metrics-address", f"127.0.0.1:{metrics}",
+    ]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.nodes * args.pods_per_node > MAX_PODS:
+        print(
+            f"ehc sim: error: {args.nodes} nodes × {args.pods_per_node} pods is {args.nodes * args.pods_per_node:,} "
+            f"pods; at most {MAX_PODS:,} in all",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cleanup:
         from ehc.sim import netns
@@ -80,8 +117,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ]
         if sim.netns:
             info.append(f"  network namespace: {sim.netns} (pods reachable only there)")
-            prefix = shlex.join(sim.exec_prefix())
-            info.append(f"  {prefix} ehc run --kubeconfig {sim.kubeconfig}")
+            info.append(f"  {shlex.join(run_command(sim))}")
         else:
             info.append(f"  no network namespace ({sim.fallback_reason}): only closed ports can be injected")
         print("\n".join(info), file=sys.stderr, flush=True)

@@ -3,8 +3,9 @@
     watch → source (targets) → WorkerPool (probes) → transitions → Decider (verdicts) → source → writes
 
 Every replica watches (so a standby is warm and ready), but only the Lease holder runs workers and
-writes: leading starts the pool from what the objects already show; losing the lease (or SIGTERM)
-stops the pool and holds every write.  The controller knows no kind of object: it wires sources to
+writes.  Leadership has terms: leading starts the pool from what the objects already show; losing
+the lease (or SIGTERM) stops the pool, drops every queued write and forgets every verdict, so a
+replica that was paused, lost the lease and leads again later never writes what it decided before.  The controller knows no kind of object: it wires sources to
 the pool and the decider, and routes what comes back to the source that owns the target.
 """
 
@@ -31,6 +32,10 @@ from ehc.sources.pods import PodSource
 from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
+
+RESYNC_EVERY = 10.0
+"""How often the leader compares what every settled object should show with what it shows (level
+triggering's safety net: a write lost anywhere is found and made again)."""
 
 
 class Controller:
@@ -66,13 +71,17 @@ class Controller:
             failsafe_share=settings.failsafe_share,
             failsafe_min_targets=settings.failsafe_min_targets,
         )
-        self.pods = PodSource(self, submit=self.writes.submit, cancel=self.writes.cancel, events=self.events)
+        self.pods = PodSource(
+            self, submit=self.writes.submit, cancel=self.writes.cancel, settled=self.writes.settled,
+            events=self.events,
+        )  # fmt: skip
         self.watcher = PodWatcher(
             api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event
         )
         self.sources: tuple[Source, ...] = (self.pods,)
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
+        self.resync_writes = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -100,10 +109,12 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        """Watch synced and, when leading, every worker up.  A standby is ready too."""
+        """Watch synced and, when leading, every worker up and probing.  A standby is ready too."""
         if not self.watcher.synced:
             return False
-        return self.pool is None or len(self.pool.pids()) == self.pool.size
+        if not self.elector.is_leader():
+            return True
+        return self.pool is not None and self.pool.healthy()
 
     def targets_by_kind(self) -> Counter[str]:
         return sum((s.kinds() for s in self.sources), Counter())
@@ -127,13 +138,22 @@ class Controller:
             self.pool = pool
             pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
             self.writes.wake()
-            await asyncio.Event().wait()  # until the lease is lost (this task is cancelled)
+            while True:  # until the lease is lost (this task is cancelled)
+                await asyncio.sleep(RESYNC_EVERY)
+                self.resync_writes += sum(s.resync() for s in self.sources)
         finally:
             self.pool = None
             await pool.close()
 
     def _follow(self) -> Awaitable[None] | None:
-        log.warning("not leading: workers stopped, writes held")
+        dropped = self.writes.clear()
+        self.decider.reset()
+        for source in self.sources:
+            source.reset()
+        log.warning(
+            "not leading: workers stopped, %d queued write(s) dropped; a later term acts only on what "
+            "it sees then", dropped,
+        )  # fmt: skip
         return None
 
     # ---- sources → targets (the TargetSink the sources write to) --------------------------------

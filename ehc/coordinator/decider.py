@@ -52,6 +52,13 @@ class Decider:
         """Ejections the fail-safe is holding back right now."""
         return len(self._unhealthy) if self.failsafe else 0
 
+    def reset(self) -> None:
+        """A new term: forget every health and suspect count (the targets stay tracked).  Nothing
+        decided in an earlier term is acted on in a later one."""
+        self._unhealthy.clear()
+        self._suspects.clear()
+        self.failsafe = False
+
     # ---- the targets --------------------------------------------------------------------------
 
     def track(self, key: str) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ehc.coordinator.settings import parse_address
 from ehc.kube.writes import Write
 from ehc.wire.checks import KINDS
 from ehc.wire.messages import LATENCY_BUCKETS
@@ -66,6 +67,21 @@ class ControllerCollector(Collector):
             "ehc_transitions", "Health transitions reported by workers", value=c.transitions
         )
         yield GaugeMetricFamily("ehc_patch_queue_depth", "Status patches waiting", value=c.writes.queue_depth)
+        yield CounterMetricFamily(
+            "ehc_patch_retries",
+            "Status patch attempts that failed and are tried again",
+            value=c.writes.retries,
+        )
+        yield GaugeMetricFamily(
+            "ehc_patch_outage",
+            "1 while status patches fail in a row (sent one at a time until the API server answers)",
+            value=int(c.writes.outage),
+        )
+        yield CounterMetricFamily(
+            "ehc_resync_writes",
+            "Writes a periodic resync found missing (what ehc wants differed from what the object showed)",
+            value=c.resync_writes,
+        )
         patches = CounterMetricFamily("ehc_patches", "Status patches by outcome", labels=["outcome"])
         for outcome, n in sorted(self.patches.items()):
             patches.add_metric([outcome], n)
@@ -77,7 +93,26 @@ class ControllerCollector(Collector):
             self.patch_seconds,
             self.patch_seconds_sum,
         )
+        e = c.elector
+        yield CounterMetricFamily(
+            "ehc_lease_errors", "Failed Lease requests (each logged with its status)", value=e.errors
+        )
+        yield GaugeMetricFamily(
+            "ehc_lease_last_success_age_seconds",
+            "Seconds since a Lease request last succeeded (+Inf: never)",
+            value=time.monotonic() - e.last_success,
+        )
+        yield CounterMetricFamily(
+            "ehc_leader_give_ups",
+            "Terms this replica ended because it could not run its workers",
+            value=e.give_ups,
+        )
         yield CounterMetricFamily("ehc_watch_relists", "Pod lists after a 410", value=c.watcher.relists)
+        yield CounterMetricFamily(
+            "ehc_watch_undecodable_objects",
+            "Watched objects skipped because they do not decode (each logged with its name and what is wrong)",
+            value=c.watcher.undecodable,
+        )
         if pool is None:
             return
         per_worker = {
@@ -85,6 +120,7 @@ class ControllerCollector(Collector):
             "probes": CounterMetricFamily("ehc_probes", "Probe attempts (per worker process lifetime)", labels=["worker", "kind"]),
             "failures": CounterMetricFamily("ehc_probe_failures", "Failed probe attempts", labels=["worker", "kind"]),
             "skipped": CounterMetricFamily("ehc_probes_skipped", "Probes not started because the worker fell a whole interval behind", labels=["worker"]),
+            "local": CounterMetricFamily("ehc_probe_local_errors", "Probes that could not be made (no descriptors, no socket, a bad address): they count against no target", labels=["worker"]),
             "lag50": GaugeMetricFamily("ehc_schedule_lag_p50_seconds", "Schedule lag p50 over the last stats window", labels=["worker"]),
             "lag": GaugeMetricFamily("ehc_schedule_lag_p99_seconds", "Schedule lag p99 over the last stats window", labels=["worker"]),
             "inflight": GaugeMetricFamily("ehc_probes_in_flight", "Probes in flight", labels=["worker"]),
@@ -93,6 +129,11 @@ class ControllerCollector(Collector):
             "info": GaugeMetricFamily("ehc_worker_info", "The worker's current process (from its last stats frame)", labels=["worker", "pid"]),
         }  # fmt: skip
         restarts = CounterMetricFamily("ehc_worker_restarts", "Worker processes restarted", labels=["worker"])
+        stalls = CounterMetricFamily(
+            "ehc_worker_stalls",
+            "Workers killed because they held targets but made no probe attempt",
+            labels=["worker"],
+        )
         latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         latency_sum = 0.0
         for w, s in sorted(pool.stats.items()):
@@ -105,6 +146,7 @@ class ControllerCollector(Collector):
                 for kind, n in sorted(by_kind.items()):
                     per_worker[family].add_metric([label, kind], n)
             per_worker["skipped"].add_metric([label], s.skipped_probes)
+            per_worker["local"].add_metric([label], s.local_errors)
             per_worker["lag50"].add_metric([label], s.lag_p50)
             per_worker["lag"].add_metric([label], s.lag_p99)
             per_worker["inflight"].add_metric([label], s.in_flight)
@@ -118,8 +160,10 @@ class ControllerCollector(Collector):
             latency_sum += s.latency_sum
         for w, n in enumerate(pool.restarts):
             restarts.add_metric([str(w)], n)
+            stalls.add_metric([str(w)], pool.stalls[w])
         yield from per_worker.values()
         yield restarts
+        yield stalls
         frames = CounterMetricFamily("ehc_pipe_frames", "Frames over the worker pipes", labels=["direction"])
         sent = CounterMetricFamily("ehc_pipe_bytes", "Bytes over the worker pipes", labels=["direction"])
         for direction in ("in", "out"):
@@ -167,6 +211,10 @@ async def serve(controller: Controller, address: str) -> web.AppRunner:
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, _, port = address.rpartition(":")
-    await web.TCPSite(runner, host or None, int(port)).start()
+    host, port = parse_address(address)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

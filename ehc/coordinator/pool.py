@@ -9,6 +9,11 @@ worker is noticed the moment its process exits.
 A dead worker is restarted with exponential backoff and handed its targets again, each with the last
 health it reported so the new process does not re-announce what is already known.  Nothing a dead
 worker said after its death was noticed is ever passed on.
+
+A worker counts as dead, and is killed and restarted, when it exits, closes its output, sends
+garbage, goes silent, or *stalls*: its stats keep coming but show no probe attempt for a while although
+it has targets.  ``healthy()`` is True only while every worker is up and probing (a restarted one from
+its first stats that show attempts), which is what the coordinator's readiness reports.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ OnStats = Callable[[Stats], None]
 OnSuspects = Callable[[int, int], None]
 
 _STABLE_AFTER = 30.0  # a worker that lived this long resets its restart backoff
+START_ATTEMPTS = 3
+"""Exits before its first hello after which ``start()`` gives up on a worker."""
 
 
 class _WorkerProcess(asyncio.SubprocessProtocol):
@@ -60,8 +67,17 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.decoder = FrameDecoder(FromWorker)
         self.transport: asyncio.SubprocessTransport | None = None
         self.alive = True
-        self.started = self.last_heard = time.monotonic()
+        self.started = self.last_heard = self.last_progress = time.monotonic()
+        self.attempts = -1  # probe attempts (made or failed locally) in its last stats frame
+        self.probing = False  # its last stats showed attempts advancing, or no targets
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def progress(self, stats: Stats) -> None:
+        attempts = sum(stats.probes.values()) + stats.local_errors + stats.skipped_probes
+        if not sum(stats.targets.values()) or attempts > self.attempts:
+            self.last_progress = time.monotonic()
+            self.probing = True
+        self.attempts = attempts
 
     @property
     def pid(self) -> int | None:
@@ -161,8 +177,12 @@ class WorkerPool:
         self._closing = False
         self._ready = [asyncio.Event() for _ in range(workers)]
         self._silence_limit = max(1.0, 5 * stats_interval)
+        # No attempt for this long while holding targets is a stall: several intervals, several stats frames.
+        self._stall_limit = max(5.0, 3 * settings.interval + 3 * stats_interval)
+        self._start_failed: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self.restarts = [0] * workers
+        self.stalls = [0] * workers
         self.stats: dict[int, Stats] = {}
         self.prober_notes: dict[int, str] = {}  # what each worker's probers said at start
         self.dropped_frames = 0
@@ -173,16 +193,40 @@ class WorkerPool:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, timeout: float = 30.0) -> None:
-        """Spawn every worker and wait until each has said hello (restarting any that die first)."""
+        """Spawn every worker and wait until each has said hello (restarting any that die first).
+
+        Raises RuntimeError when a worker exits ``START_ATTEMPTS`` times before it is ready, or they are
+        not all ready within ``timeout``: a pool that cannot start must say so, not wait forever."""
+        loop = asyncio.get_running_loop()
+        self._start_failed = loop.create_future()
         for i in range(self.size):
             await self._spawn(i)
-        self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit, self._check_silence)
+        self._watchdog = loop.call_later(self._silence_limit, self._check_silence)
+        ready = asyncio.gather(*(event.wait() for event in self._ready))
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*(ready.wait() for ready in self._ready))
-        except TimeoutError:
-            missing = [i for i, ready in enumerate(self._ready) if not ready.is_set()]
-            raise RuntimeError(f"workers {missing} did not start within {timeout:g}s") from None
+            done, _ = await asyncio.wait(
+                [ready, self._start_failed], timeout=timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            if not ready.done():
+                ready.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ready
+        if self._start_failed in done:
+            self._start_failed.result()  # raises why
+        if ready not in done:
+            missing = [i for i, event in enumerate(self._ready) if not event.is_set()]
+            raise RuntimeError(f"workers {missing} did not start within {timeout:g}s")
+        self._start_failed = None
+
+    def healthy(self) -> bool:
+        """Every worker is up and probing (or has nothing to probe): since its start it has shown an
+        attempt, and not gone a stall's length without one."""
+        now = time.monotonic()
+        return all(
+            p is not None and p.alive and p.probing and now - p.last_progress <= self._stall_limit
+            for p in self._procs
+        )
 
     async def _spawn(self, index: int) -> _WorkerProcess:
         loop = asyncio.get_running_loop()
@@ -297,6 +341,7 @@ class WorkerPool:
             if self._on_suspects is not None:
                 self._on_suspects(proc.index, msg.count)
         elif isinstance(msg, Stats):
+            proc.progress(msg)
             self.stats[proc.index] = msg
             if self._on_stats is not None:
                 self._on_stats(msg)
@@ -305,18 +350,31 @@ class WorkerPool:
             self._ready[proc.index].set()
 
     def _check_silence(self) -> None:
-        """A worker that sends nothing (not even its stats) for a while is hung: kill it; it restarts."""
+        """A worker that sends nothing (not even its stats) for a while is hung, and one whose stats show
+        no attempt although it has targets is stalled: kill it; it restarts."""
         now = time.monotonic()
         for proc in self._procs:
-            if proc is not None and proc.alive and now - proc.last_heard > self._silence_limit:
+            if proc is None or not proc.alive:
+                continue
+            if now - proc.last_heard > self._silence_limit:
                 log.error(
                     "worker %d (pid %s) silent for %.0fs; killing it",
                     proc.index,
                     proc.pid,
                     now - proc.last_heard,
                 )
-                proc.alive = False
-                proc.kill()
+            elif now - proc.last_progress > self._stall_limit:
+                self.stalls[proc.index] += 1
+                targets = sum(self.stats[proc.index].targets.values()) if proc.index in self.stats else 0
+                log.error(
+                    "worker %d (pid %s) holds %d targets but made no probe attempt for %.0fs; killing it "
+                    "(its targets are probed again once it restarts)",
+                    proc.index, proc.pid, targets, now - proc.last_progress,
+                )  # fmt: skip
+            else:
+                continue
+            proc.alive = False
+            proc.kill()
         self._watchdog = asyncio.get_running_loop().call_later(self._silence_limit / 5, self._check_silence)
 
     def _malformed(self, proc: _WorkerProcess, exc: FrameError) -> None:
@@ -329,7 +387,19 @@ class WorkerPool:
             return
         if time.monotonic() - proc.started > _STABLE_AFTER:
             self._crashes[proc.index] = 0
-        self._schedule_restart(proc.index, f"worker {proc.index} (pid {proc.pid}) exited with code {code}")
+        why = f"worker {proc.index} (pid {proc.pid}) exited with code {code}"
+        starting = self._start_failed
+        if (
+            starting is not None
+            and not starting.done()
+            and not self._ready[proc.index].is_set()
+            and self._crashes[proc.index] + 1 >= START_ATTEMPTS
+        ):
+            starting.set_exception(
+                RuntimeError(f"{why} {START_ATTEMPTS} times before it was ready; its log lines say why")
+            )
+            return
+        self._schedule_restart(proc.index, why)
 
     def _schedule_restart(self, index: int, reason: str) -> None:
         self._crashes[index] += 1

@@ -6,7 +6,9 @@ variable, the value and what is allowed (``ehc run`` exits 2).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -19,6 +21,13 @@ class SettingsError(ValueError):
     """A bad setting; the message says which, what it was and what is allowed."""
 
 
+MAX_RETRY_COUNT = 100
+"""More confirmations than this only delays detection; a million crash-looped the worker."""
+MAX_WORKERS = 64
+"""Each worker is a process that wants up to a core; hundreds starve the coordinator (and its Lease)."""
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -27,15 +36,16 @@ class Setting:
     default: Any
     help: str
     minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("HEALTH_CHECK_INTERVAL", "--interval", "duration", 1.0, "probe period per target", minimum=0.01),
-    Setting("HEALTH_CHECK_TIMEOUT", "--timeout", "duration", 0.5, "timeout of one probe attempt", minimum=0.001),
+    Setting("HEALTH_CHECK_INTERVAL", "--interval", "duration", 1.0, "probe period per target (at most 5m: a checker that looks less often protects nothing)", minimum=0.01, maximum=300),
+    Setting("HEALTH_CHECK_TIMEOUT", "--timeout", "duration", 0.5, "timeout of one probe attempt (best shorter than the interval)", minimum=0.001, maximum=60),
     Setting(
         "HEALTH_CHECK_RETRY_COUNT", "--retry-count", "int", 5,
-        "unhealthy after 1+N failed attempts in a row (the confirmations run in parallel)", minimum=0,
+        "unhealthy after 1+N failed attempts in a row (the confirmations run in parallel)", minimum=0, maximum=MAX_RETRY_COUNT,
     ),
     Setting(
         "HEALTH_CHECK_CONCURRENCY", "--concurrency", "int", 10,
@@ -45,7 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
-    Setting("EHC_WORKERS", "--workers", "int", 1, "probe worker processes", minimum=1),
+    Setting("EHC_WORKERS", "--workers", "int", 1, "probe worker processes (each needs up to a core at full load)", minimum=1, maximum=MAX_WORKERS),
     Setting(
         "EHC_FAILSAFE_SHARE", "--failsafe-share", "share", 0.5,
         "stop ejecting while more than this share of all targets is unhealthy or suspect",
@@ -54,10 +64,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EHC_PATCH_QPS", "--patch-qps", "float", 50.0, "status patches per second, at most (client-side budget)", minimum=0.1),
     Setting("EHC_PATCH_BURST", "--patch-burst", "int", 100, "patches that may go at once after a quiet spell", minimum=1),
     Setting("EHC_PATCH_CONCURRENCY", "--patch-concurrency", "int", 16, "patch requests in flight, at most", minimum=1),
-    Setting("EHC_METRICS_ADDRESS", "--metrics-address", "str", ":9090", "HOST:PORT for /metrics, /healthz and /readyz (empty: off)"),
+    Setting("EHC_METRICS_ADDRESS", "--metrics-address", "address", ":9090", "HOST:PORT, [IPv6]:PORT or :PORT for /metrics, /healthz and /readyz (empty: off)"),
     Setting("EHC_LOG_LEVEL", "--log-level", "choice", "info", "log level", choices=LEVELS),
     Setting("EHC_LOG_FORMAT", "--log-format", "choice", "text", "log format", choices=FORMATS),
-    Setting("LEASE_NAME", "--lease-name", "str", "endpoint-health-checker-leader", "leader-election Lease name"),
+    Setting("LEASE_NAME", "--lease-name", "name", "endpoint-health-checker-leader", "leader-election Lease name"),
     Setting("LEASE_DURATION", "--lease-duration", "duration", 4.0, "leader-election lease duration", minimum=0.1),
     Setting("RENEW_DEADLINE", "--renew-deadline", "duration", 2.0, "a leader that cannot renew within this stops writing", minimum=0.05),
     Setting("RETRY_PERIOD", "--retry-period", "duration", 0.5, "leader-election retry and renew period", minimum=0.01),
@@ -73,11 +83,17 @@ def _attr(s: Setting) -> str:
 def _allowed(s: Setting) -> str:
     if s.kind == "duration":
         floor = "" if s.minimum is None else f" of at least {format_duration(s.minimum)}"
-        return f"a duration{floor} such as 500ms, 2s or 1m30s"
+        ceiling = "" if s.maximum is None else f" and at most {format_duration(s.maximum)}"
+        return f"a duration{floor}{ceiling} such as 500ms, 2s or 1m30s"
     if s.kind == "int":
-        return f"a whole number >= {int(s.minimum or 0)}"
+        ceiling = "" if s.maximum is None else f" and <= {int(s.maximum)}"
+        return f"a whole number >= {int(s.minimum or 0)}{ceiling}"
     if s.kind == "float":
-        return f"a number >= {s.minimum}"
+        return f"a finite number >= {s.minimum}"
+    if s.kind == "name":
+        return "a DNS subdomain name: lowercase letters, digits, '-' and '.', starting and ending alphanumeric, at most 253 characters"
+    if s.kind == "address":
+        return "HOST:PORT, [IPv6]:PORT or :PORT with a port from 1 to 65535, or empty for off"
     if s.kind == "share":
         return "a number greater than 0 and at most 1 (e.g. 0.5)"
     if s.kind == "choice":
@@ -91,18 +107,30 @@ def _parse(s: Setting, text: str) -> Any:
         if s.kind == "duration":
             value: Any = parse_duration(t)
         elif s.kind == "int":
+            if not (t.isascii() and t.lstrip("-+").isdigit()):
+                raise ValueError
             value = int(t)
         elif s.kind in ("float", "share"):
             value = float(t)
+            if not math.isfinite(value):
+                raise ValueError
         elif s.kind == "choice":
             value = t.lower()
             if value not in s.choices:
                 raise ValueError
+        elif s.kind == "name":
+            if len(t) > 253 or not _DNS_SUBDOMAIN.fullmatch(t):
+                raise ValueError
+            return t
+        elif s.kind == "address":
+            if t:
+                parse_address(t)
+            return t
         else:
             return text
     except ValueError:
         raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}") from None
-    if s.minimum is not None and value < s.minimum:
+    if (s.minimum is not None and value < s.minimum) or (s.maximum is not None and value > s.maximum):
         raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}")
     if s.kind == "share" and not 0 < value <= 1:
         raise SettingsError(f"{{where}}={text!r} is invalid: expected {_allowed(s)}")
@@ -185,10 +213,37 @@ def _check_relations(s: RunSettings) -> None:
             f"RETRY_PERIOD ({format_duration(s.retry_period)}) < RENEW_DEADLINE ({format_duration(s.renew_deadline)}) "
             f"< LEASE_DURATION ({format_duration(s.lease_duration)}) must hold"
         )
-    if s.metrics_address and not s.metrics_address.rpartition(":")[2].isdigit():
-        raise SettingsError(
-            f"EHC_METRICS_ADDRESS={s.metrics_address!r} is invalid: expected HOST:PORT or :PORT"
+
+
+def concerns(s: RunSettings) -> list[str]:
+    """Settings that are allowed but probably not meant: ``ehc run`` logs each at start."""
+    out = []
+    if s.timeout >= s.interval:
+        out.append(
+            f"HEALTH_CHECK_TIMEOUT ({format_duration(s.timeout)}) is not shorter than HEALTH_CHECK_INTERVAL "
+            f"({format_duration(s.interval)}): a silent target's attempts overlap, and a dead endpoint is "
+            "found no sooner than one timeout after it went quiet"
         )
+    if s.interval > 10:
+        out.append(
+            f"HEALTH_CHECK_INTERVAL is {format_duration(s.interval)}: a dead endpoint may keep its traffic "
+            "that long before ehc even looks (Kubernetes alone takes 40-50s)"
+        )
+    return out
+
+
+def parse_address(text: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every address) → (host or None, port).
+
+    Raises ValueError when the form or the port (1-65535) is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host needs brackets: {text!r}")
+    return host or None, int(port)
 
 
 def _service_account_namespace() -> str:

@@ -12,6 +12,12 @@
   other candidate can consider the lease expired.
 - ``release()`` (SIGTERM) stops leading first, then writes an empty holder with
   ``leaseDurationSeconds: 1`` so a standby takes over at its next retry.
+- A leader that cannot do its job (the work ``on_started_leading`` returned ends, e.g. its workers do
+  not start) hands the lease over the same way, says why, and backs off before campaigning again:
+  holding a lease while protecting nothing would keep the standby from taking over.
+- Failures are visible: each failed lease request is logged at WARNING with its status and reason (at
+  most one line per ``_SAY_EVERY`` seconds, with a count of the rest), with what to fix for 401/403;
+  ``errors`` counts them and ``last_success`` says when a lease request last succeeded.
 
 Requests go through ``ehc.kube.request``: the lease is read and written as plain JSON, so the
 MicroTime fields keep exactly the format the API server uses.
@@ -41,11 +47,19 @@ from typing import Any
 import msgspec
 from kubernetes_asyncio.client import ApiClient
 
-from ehc.kube.request import ApiError, api_path, request
+from ehc.kube.request import ApiError, Backoff, api_path, request
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[], Awaitable[None] | None]
+_SAY_EVERY = 30.0
+_GIVE_UP_BACKOFF = (1.0, 60.0)  # before campaigning again after a term whose work failed
+_STABLE_TERM = 60.0  # a term that lasted this long resets that backoff
+_HINTS = {
+    401: "ehc's credentials were refused: check its service account token",
+    403: "ehc may not use this Lease: its Role in the Lease's namespace must grant leases get, create "
+    "and update (the Helm chart and the kustomize base carry it)",
+}
 _Record = tuple[str, int | None, str | None, str | None, int]
 
 
@@ -124,7 +138,14 @@ class LeaderElector:
         self._released = False
         self._run_task: asyncio.Task[None] | None = None
         self._leading_task: asyncio.Task[Any] | None = None
+        self._give_up_backoff = Backoff(*_GIVE_UP_BACKOFF)
+        self._said_at = -math.inf  # when a lease failure was last logged
+        self._unsaid = 0  # failures since then
         self.observed_holder = ""  # the holder named by the lease as last seen (for logs, /readyz)
+        self.errors = 0  # failed lease requests
+        self.last_error = ""
+        self.last_success = -math.inf  # clock() of the last lease request that succeeded
+        self.give_ups = 0  # terms ended because the leader's work failed
 
     # -- public -----------------------------------------------------------------------------------
     def is_leader(self) -> bool:
@@ -142,8 +163,13 @@ class LeaderElector:
             while not self._released:
                 await self._acquire()
                 await self._start_leading()
+                started = self._clock()
                 await self._renew()
-                await self._stop_leading("the lease was not renewed within the renew deadline")
+                failure = self._work_failure()
+                if failure is None:
+                    await self._stop_leading(self._why_lost())
+                    continue
+                await self._give_up(failure, self._clock() - started)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._released and task is not None and task.uncancel() == 0:
@@ -162,6 +188,35 @@ class LeaderElector:
             task.cancel()
             await asyncio.wait([task])
         await self._stop_leading("releasing the lease")
+        await self._hand_over()
+
+    # -- giving up --------------------------------------------------------------------------------
+    def _work_failure(self) -> str | None:
+        """Why the leader's work ended (None while it runs, or when there is none)."""
+        task = self._leading_task
+        if task is None or not task.done():
+            return None
+        if task.cancelled():
+            return "it was cancelled"
+        exc = task.exception()
+        return f"{type(exc).__name__}: {exc}" if exc else "it ended"
+
+    async def _give_up(self, failure: str, term: float) -> None:
+        """The leader cannot do its job: hand the lease over now, then back off before campaigning."""
+        self.give_ups += 1
+        if term >= _STABLE_TERM:
+            self._give_up_backoff.reset()
+        delay = self._give_up_backoff.next() + self.retry_period
+        log.error(
+            "%s cannot lead (%s): giving lease %s/%s up so another replica can, campaigning again in %.1fs",
+            self.identity, failure, self.namespace, self.name, delay,
+        )  # fmt: skip
+        await self._stop_leading(f"its work failed: {failure}")
+        await self._hand_over()
+        await asyncio.sleep(delay)
+
+    async def _hand_over(self) -> None:
+        """Write an empty holder (1 s duration) if the lease still names us: a standby takes over at once."""
         timeout = self.renew_deadline
         for _ in range(3):
             if self._obj is None or _holder(self._obj) != self.identity:
@@ -170,7 +225,7 @@ class LeaderElector:
                 self._obj = await self._send("PUT", self._updated(self._obj, release=True), timeout)
                 log.info("released lease %s/%s", self.namespace, self.name)
                 return
-            except Exception as exc:  # best effort on the way out: never raise
+            except Exception as exc:  # best effort: never raise
                 if not (isinstance(exc, ApiError) and exc.status == 409):
                     log.warning("could not release lease %s/%s (%s)", self.namespace, self.name, exc)
                     return
@@ -178,6 +233,13 @@ class LeaderElector:
                 self._obj = await self._send("GET", None, timeout)
             except Exception:
                 return
+
+    def _why_lost(self) -> str:
+        if self._lost:
+            return f"the lease is now held by {self.observed_holder or 'someone else'}"
+        since = self._clock() - self._last_renew
+        why = f"the lease was not renewed within the renew deadline ({since:.1f}s since the last renewal"
+        return why + (f"; last error: {self.last_error})" if self.last_error else ")")
 
     # -- campaign ---------------------------------------------------------------------------------
     async def _acquire(self) -> None:
@@ -193,7 +255,7 @@ class LeaderElector:
             while True:
                 deadline = self._last_renew + self.renew_deadline
                 remaining = deadline - self._clock()
-                if remaining <= 0 or self._lost:
+                if remaining <= 0 or self._lost or self._work_failure() is not None:
                     return
                 if await self._attempt(remaining):
                     break
@@ -206,12 +268,25 @@ class LeaderElector:
             async with asyncio.timeout(timeout):
                 return await self._try_acquire_or_renew(timeout)
         except TimeoutError:
-            log.debug("lease %s/%s: request timed out", self.namespace, self.name)
+            self._failed(f"no answer within {timeout:.1f}s")
         except ApiError as exc:
-            log.debug("lease %s/%s: %s", self.namespace, self.name, exc)
-        except Exception:
+            self._failed(str(exc), _HINTS.get(exc.status, ""))
+        except Exception as exc:
             log.warning("lease %s/%s: unexpected error", self.namespace, self.name, exc_info=True)
+            self._failed(f"{type(exc).__name__}: {exc}")
         return False
+
+    def _failed(self, what: str, hint: str = "") -> None:
+        """Count a failed lease request and say so, at most once per ``_SAY_EVERY`` seconds."""
+        self.errors += 1
+        self.last_error = what
+        now = self._clock()
+        if now - self._said_at < _SAY_EVERY:
+            self._unsaid += 1
+            return
+        more = f" ({self._unsaid} more since the last report)" if self._unsaid else ""
+        log.warning("lease %s/%s: %s%s%s", self.namespace, self.name, what, f"; {hint}" if hint else "", more)
+        self._said_at, self._unsaid = now, 0
 
     async def _try_acquire_or_renew(self, timeout: float) -> bool:
         """One round of client-go's tryAcquireOrRenew; an ``ApiError`` other than the 404 and 409
@@ -336,5 +411,11 @@ class LeaderElector:
     async def _send(self, method: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         """GET or PUT the lease, or POST it to the collection; the lease as the server returned it."""
         path = self._collection if method == "POST" else self._path
-        data = await request(self._api, method, path, body=body, timeout=timeout)
+        try:
+            data = await request(self._api, method, path, body=body, timeout=timeout)
+        except ApiError as exc:
+            if exc.status in (404, 409):  # answers the election expects: the lease is readable
+                self.last_success = self._clock()
+            raise
+        self.last_success = self._clock()
         return msgspec.json.decode(data, type=dict[str, Any])

@@ -144,7 +144,14 @@ class Bookmark(msgspec.Struct):
     metadata: ListMeta
 
 
+class Named(msgspec.Struct):
+    """Just enough of any object to name it, for an object whose other fields do not decode."""
+
+    metadata: ObjectMeta
+
+
 pod_decoder = msgspec.json.Decoder(Pod)
 watch_event_decoder = msgspec.json.Decoder(WatchEvent)
 status_decoder = msgspec.json.Decoder(Status)
 bookmark_decoder = msgspec.json.Decoder(Bookmark)
+named_decoder = msgspec.json.Decoder(Named)

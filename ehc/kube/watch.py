@@ -11,11 +11,17 @@ Life cycle (``ListWatcher.run``)::
       └──────── 410 (ERROR event or HTTP) ┘ other errors, garbage: back off, watch again from the last version
 
 A snapshot is authoritative: the consumer drops whatever it holds that the snapshot lacks.
+
+Items are decoded one by one: an object ehc cannot read (a field of the wrong type, say) is skipped
+with an error naming it and saying what is wrong, and everything else goes on; the watch moves past
+it rather than replaying it forever, and it counts as present in a snapshot, so whatever the
+consumer last knew of it is kept rather than dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,6 +37,7 @@ from ehc.kube.model import (
     Pod,
     T,
     bookmark_decoder,
+    named_decoder,
     status_decoder,
     watch_event_decoder,
 )
@@ -103,7 +110,8 @@ class ListWatcher(Generic[T]):
     Counters for metrics: ``lists`` (successful full lists), ``pages`` (list pages fetched), ``relists``
     (lists forced by 410), ``watches`` (watch requests opened), ``reconnects`` (retries after a failure
     of any kind: HTTP error, dropped connection, timeout, ERROR event, garbage line), ``garbage_lines``,
-    ``events``, ``bookmarks``, ``callback_errors``; ``last_error`` says what went wrong most recently.
+    ``events``, ``bookmarks``, ``callback_errors``, ``undecodable`` (objects skipped because they do
+    not decode); ``last_error`` says what went wrong most recently.
     ``synced`` turns True with the first snapshot (even if a callback raised) and stays True.
     """
 
@@ -144,10 +152,12 @@ class ListWatcher(Generic[T]):
         self.events = 0
         self.bookmarks = 0
         self.callback_errors = 0
+        self.undecodable = 0
         self.last_error: str | None = None
 
         self._noun = resource.singular
-        self._list_decoder = msgspec.json.Decoder(ObjectList[resource.item])
+        self._list_decoder = msgspec.json.Decoder(ObjectList[msgspec.Raw])
+        self._reported: dict[str, str] = {}  # undecodable objects already reported: key -> resourceVersion
         self._item_decoder = msgspec.json.Decoder(resource.item)
         self._synced = asyncio.Event()
         self._need_list = True
@@ -245,15 +255,23 @@ class ListWatcher(Generic[T]):
             except msgspec.DecodeError as exc:
                 raise Garbage(f"undecodable {self._noun} list ({exc})", body) from None
             del body
+            cont = page.metadata.continue_
             # All pages of a real list share the first page's version (a consistent snapshot). Were a
             # server to answer later pages from newer state, watching from the first page's version
             # replays those changes: harmless, where starting later could lose one.
             rv = rv or page.metadata.resourceVersion
-            keys.update(key_of(item) for item in page.items)
-            self._call(self.on_page, page.items, what=f"page of {len(page.items)} {res.plural}")
-            if not page.metadata.continue_:
+            items = []
+            for raw in page.items:
+                key, _, item = self._decode(raw, "listed")
+                if key:
+                    keys.add(key)
+                if item is not None:
+                    items.append(item)
+            del page
+            self._call(self.on_page, items, what=f"page of {len(items)} {res.plural}")
+            if not cont:
                 break
-            query["continue"] = page.metadata.continue_
+            query["continue"] = cont
         if not rv:
             raise Garbage(f"the {self._noun} list carries no resourceVersion", b"")
         self.resource_version = rv
@@ -326,13 +344,14 @@ class ListWatcher(Generic[T]):
             raise Garbage(f"not a watch event: {exc}", line) from None
         kind = ev.type
         if kind in ITEM_EVENTS:
-            try:
-                item = self._item_decoder.decode(ev.object)
-            except msgspec.DecodeError as exc:
-                raise Garbage(f"undecodable {kind} object: {exc}", line) from None
+            key, rv, item = self._decode(ev.object, kind)
+            if not key:
+                raise Garbage(f"{kind} object without readable metadata", line)
             self._progress()
-            if item.metadata.resourceVersion:
-                self.resource_version = item.metadata.resourceVersion
+            if rv:
+                self.resource_version = rv
+            if item is None:
+                return  # reported; the watch moves on past it
             self.events += 1
             try:
                 self.on_event(kind, item)
@@ -360,6 +379,37 @@ class ListWatcher(Generic[T]):
             raise ApiError(status, st.reason, f"{st.message} (watch ERROR event)")
         else:
             raise Garbage(f"unknown event type {kind!r}", line)
+
+    def _decode(self, raw: msgspec.Raw | bytes, what: str) -> tuple[str, str, T | None]:
+        """The object's key, resourceVersion and the object itself; when only its metadata decodes the
+        object is None (and that is said once per version of it), except for a deletion, which is
+        handed on with the metadata alone; ("", "", None) when not even the metadata decodes."""
+        try:
+            item = self._item_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            why = str(exc)
+        else:
+            key = key_of(item)
+            self._reported.pop(key, None)
+            return key, item.metadata.resourceVersion, item
+        try:
+            meta = named_decoder.decode(raw).metadata
+        except msgspec.DecodeError:
+            return "", "", None
+        key, rv = f"{meta.namespace}/{meta.name}", meta.resourceVersion
+        if what == "DELETED":
+            with contextlib.suppress(msgspec.ValidationError):
+                return key, rv, msgspec.convert({"metadata": msgspec.to_builtins(meta)}, self.resource.item)
+        self.undecodable += 1
+        if self._reported.get(key) != rv:
+            self._reported[key] = rv
+            self.last_error = f"{self._noun} {key} does not decode: {why}"
+            log.error(
+                "%s %s (%s, resourceVersion %s) does not decode and is skipped until it changes: %s; "
+                "fix the object (ehc keeps what it knew of it, and watches everything else)",
+                self._noun, key, what, rv or "?", why,
+            )  # fmt: skip
+        return key, rv, None
 
     def _progress(self) -> None:
         self._progressed = True

@@ -12,11 +12,17 @@ Rules (DESIGN.md §1 "Patcher"):
   after a newer one.
 - Writes submitted within ``batch_window`` of the first one of a burst are released together, up to
   ``concurrency`` requests in flight, each request paying one token of a ``qps``/``burst`` bucket.
-- What ``ApiError.retryable`` calls retryable (no answer, timeouts, 408, 429, 5xx) is retried with the
-  one ``Backoff`` (exponential, full jitter), never sooner than the server's Retry-After, up to
-  ``max_attempts``.  A 429 or 503 with Retry-After also pauses all sending for that long: the server
-  asked this client, not this object, to slow down.  404 is ``"not_found"`` (INFO), 409/422
-  ``"dropped"`` (WARNING), any other status or exhausted attempts ``"failed"`` (ERROR).
+- Level-triggered: a write stays wanted until it lands, is replaced, or is cancelled.  What
+  ``ApiError.retryable`` calls retryable (no answer, timeouts, 408, 429, 5xx) is retried for as long
+  as it is wanted, with the one ``Backoff`` (exponential, full jitter, capped), never sooner than the
+  server's Retry-After.  A 429 or 503 with Retry-After also pauses all sending for that long: the
+  server asked this client, not this object, to slow down.
+- An outage is one fact, not one per object: after ``OUTAGE_AFTER`` retryable failures in a row the
+  queue sends one write at a time, paced by the same backoff, so a dead API server gets a trickle
+  instead of every queued write's retries and the QPS budget is still whole when it comes back; the
+  first answer ends the outage and every queued write goes at once.  Outcomes: 404 is
+  ``"not_found"`` (INFO), 409/422 ``"dropped"`` (WARNING; 409 is also a write whose UID precondition
+  no longer holds), any other status ``"failed"`` (ERROR, with what to fix for 401/403).
 - ``can_write()`` is asked immediately before each request; while it is False nothing is sent and
   nothing is dropped.
 
@@ -45,6 +51,13 @@ from ehc.kube.request import ApiError, Backoff
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "not_found", "dropped", "failed", "superseded")
+OUTAGE_AFTER = 3
+"""Retryable failures in a row that make an outage: from then on one write at a time until one lands."""
+_HINTS = {
+    401: "; ehc's credentials were refused: check its service account token",
+    403: "; ehc may not write this: grant its ServiceAccount the permission (the Helm chart and the "
+    "kustomize base carry the exact rules)",
+}
 _HOLD_POLL = 0.05  # how often a held queue asks can_write() again (wake() makes it immediate)
 
 
@@ -102,22 +115,20 @@ class WriteQueue:
         burst: int = 40,
         concurrency: int = 8,
         batch_window: float = 0.02,
-        max_attempts: int = 8,
-        backoff: tuple[float, float] = (0.1, 5.0),
+        backoff: tuple[float, float] = (0.1, 1.0),
         can_write: Callable[[], bool] = lambda: True,
         on_done: Callable[[Write, str, float], None] | None = None,
         request_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if concurrency < 1 or max_attempts < 1:
-            raise ValueError("concurrency and max_attempts must be >= 1")
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
         self._clock = clock
         self._bucket = TokenBucket(qps, burst, clock())
         self._api = api
         self.concurrency = concurrency
         self.batch_window = max(0.0, batch_window)
-        self.max_attempts = max_attempts
-        self._backoff = Backoff(*backoff)  # by each write's own attempt count
+        self._backoff = Backoff(*backoff)  # by each write's own attempt count, or the outage's
         self.request_timeout = request_timeout
         self._can_write = can_write
         self._on_done = on_done
@@ -128,9 +139,12 @@ class WriteQueue:
         self._wake = asyncio.Event()
         self._seq = 0
         self._window_end = 0.0
-        self._paused_until = 0.0  # a 429's Retry-After pauses all sending
+        self._paused_until = 0.0  # a 429's Retry-After, or an outage's pacing, pauses all sending
+        self.failures_in_a_row = 0  # retryable failures since the API server last answered
+        self._landed: dict[str, float] = {}  # key -> when its latest write landed (until settled)
         self.counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.requests = 0
+        self.retries = 0  # attempts that failed and were (or will be) tried again
 
     # -- owner's API ------------------------------------------------------------------------------
     @property
@@ -166,14 +180,28 @@ class WriteQueue:
             inflight.cancelled = True
         self._wake.set()
 
-    def close(self) -> int:
-        """Drop everything queued (e.g. leadership lost for good); returns how many were dropped."""
+    def clear(self) -> int:
+        """Drop every queued write, and retry none in flight (leadership lost); return how many were
+        queued.  Writes submitted afterwards are queued as usual."""
         dropped = len(self._pending)
         self._pending.clear()
         self._heap.clear()
         for item in self._inflight.values():
             item.cancelled = True
         return dropped
+
+    def settled(self, key: str, within: float = 5.0) -> bool:
+        """Nothing queued or in flight for ``key``, and nothing landed in the last ``within`` seconds (a
+        watch may not show that write yet): a resync may compare desired with observed state."""
+        if key in self._pending or key in self._inflight:
+            return False
+        landed = self._landed.get(key)
+        if landed is None:
+            return True
+        if self._clock() - landed < within:
+            return False
+        del self._landed[key]
+        return True
 
     def wake(self) -> None:
         """Re-check at once (e.g. ``can_write()`` just turned True) instead of at the next poll."""
@@ -215,7 +243,7 @@ class WriteQueue:
             wait = max(ready_at, self._paused_until) - now
             if wait > 0:
                 return wait
-            if len(self._inflight) >= self.concurrency:
+            if len(self._inflight) >= (1 if self.outage else self.concurrency):
                 return None
             if not self._can_write():
                 return _HOLD_POLL
@@ -257,7 +285,8 @@ class WriteQueue:
                 pause_all = err.status in (429, 503)
             else:
                 outcome = "failed"
-                log.error("write of %s failed (%s)", key, err)
+                hint = _HINTS.get(err.status, "")
+                log.error("write of %s failed (%s)%s", key, err, hint)
         except asyncio.CancelledError:
             self._inflight.pop(key, None)
             raise
@@ -266,17 +295,44 @@ class WriteQueue:
             detail = f"{type(exc).__name__}: {exc}"
         now = self._clock()
         if outcome is not None:
+            self._answered(now)
             self._finish(item, outcome, now)
             return
-        if item.attempts >= self.max_attempts and not item.cancelled and key not in self._pending:
-            log.error("write of %s failed after %d attempts: %s", key, item.attempts, detail)
-            self._finish(item, "failed", now)
-            return
+        self.retries += 1
+        self.failures_in_a_row += 1
         delay = self._backoff.delay(item.attempts - 1, retry_after)
         if pause_all and retry_after is not None:
             self._paused_until = max(self._paused_until, now + retry_after)
+        if self.outage:
+            if self.failures_in_a_row == OUTAGE_AFTER:
+                log.warning(
+                    "writes are failing (%d in a row, latest: %s); %d queued, retried for as long as they "
+                    "are wanted, one at a time until the API server answers", self.failures_in_a_row, detail,
+                    len(self._pending) + len(self._inflight),
+                )  # fmt: skip
+            pace = self._backoff.delay(self.failures_in_a_row - OUTAGE_AFTER, retry_after)
+            self._paused_until = max(self._paused_until, now + pace)
         log.debug("write of %s: %s; retry in %.2fs (attempt %d)", key, detail, delay, item.attempts)
         self._requeue(item, now, delay, detail)
+
+    @property
+    def outage(self) -> bool:
+        """Writes fail in a row: one at a time until one is answered."""
+        return self.failures_in_a_row >= OUTAGE_AFTER
+
+    def _answered(self, now: float) -> None:
+        """The API server answered: an outage is over, and every queued write may go at once."""
+        if self.outage:
+            log.warning(
+                "the API server answers again after %d failed writes in a row; sending the %d queued",
+                self.failures_in_a_row, len(self._pending),
+            )  # fmt: skip
+            self._paused_until = 0.0
+            for item in self._pending.values():
+                item.ready_at = min(item.ready_at, now)
+            self._heap = [(item.ready_at, item.seq, key) for key, item in self._pending.items()]
+            heapq.heapify(self._heap)
+        self.failures_in_a_row = 0
 
     def _requeue(self, item: _Item, now: float, delay: float, why: str) -> None:
         """Put a not-yet-written write back, unless it was cancelled or a newer one is waiting."""
@@ -296,6 +352,8 @@ class WriteQueue:
     def _finish(self, item: _Item, outcome: str, now: float) -> None:
         key = item.write.key
         self._inflight.pop(key, None)
+        if outcome == "ok":
+            self._landed[key] = now
         if not item.cancelled or outcome == "ok":
             self._report(item, outcome, now)
         self._push_pending(key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import errno
+import resource
 import socket
 import struct
 import time
@@ -43,6 +44,10 @@ _LOCAL_ERRNOS = frozenset(
 
 
 def _describe(code: int) -> str:
+    if code in (errno.EMFILE, errno.ENFILE):  # say what to fix, not just the errno
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        which = "this process" if code == errno.EMFILE else "the whole host"
+        return f"too many open files (limit {limit}; {which} ran out of file descriptors)"
     return errno.errorcode.get(code, str(code)).lower().removeprefix("e") if code else "ok"
 
 

@@ -718,6 +718,7 @@ class ApiServer:
             patched = apply_patch(ctype, old, body)
         except PatchError as exc:
             raise ApiError(exc.code, exc.message) from None
+        self._check_uid(res, name, old, patched)
         new = self._merge_sub(res, old, patched, sub)
         self._validate(res, new)
         rv = (patched.get("metadata") or {}).get("resourceVersion")
@@ -743,12 +744,28 @@ class ApiServer:
         old = col.get(ns, name)
         if old is None:
             raise ApiError(404, f'{res.qualified} "{name}" not found', details=_details(res, name))
+        self._check_uid(res, name, old, obj)
         new = self._merge_sub(res, old, obj, sub)
         self._validate(res, new)
         try:
             return col.update(ns, name, new, meta.get("resourceVersion") or None)
         except Conflict:
             raise ApiError(409, self._conflict_msg(res, name), "Conflict", _details(res, name)) from None
+
+    @staticmethod
+    def _check_uid(res: Resource, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """A write naming a UID is a precondition: it applies only to that incarnation of the object (a
+        pod recreated under the same name has another UID), as the real API server enforces."""
+        want = (new.get("metadata") or {}).get("uid")
+        have = old["metadata"].get("uid")
+        if want and want != have:
+            raise ApiError(
+                409,
+                f'Operation cannot be fulfilled on {res.qualified} "{name}": Precondition failed: '
+                f"UID in precondition: {want}, UID in object meta: {have}",
+                "Conflict",
+                _details(res, name),
+            )
 
     @staticmethod
     def _conflict_msg(res: Resource, name: str) -> str:

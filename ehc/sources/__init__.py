@@ -44,5 +44,12 @@ class Source(Protocol):
         or UNKNOWN (no opinion: never decided, or an ejection the fail-safe holds back).  ``tr`` is
         the transition that caused it; None when the verdict only changed because of the fail-safe."""
 
+    def resync(self) -> int:
+        """Compare what every settled target's object should show with what the watch last showed, and
+        write what differs; return how many writes that took (a missed write, found again)."""
+
+    def reset(self) -> None:
+        """Leadership was lost: forget every verdict (a new term starts from what the objects show)."""
+
     def written(self, write: Write, outcome: str) -> None:
         """One of this source's writes finished (``outcome`` as the write queue reports it)."""

@@ -204,19 +204,21 @@ class Engine:
             self.skipped_probes += sum(len(self._wheel[k % n]) for k in range(tick, min(resume, tick + n)))
             tick = resume
         last = min(current, tick + _CATCH_UP - 1)
-        while tick <= last:
-            slot = self._wheel[tick % n]
-            if slot:
-                self.lag.add(max(0.0, now - (origin + tick * slot_len)), len(slot))
-                for t in slot.values():  # probes never call back synchronously
-                    self._attempt(t)
-                now = time.monotonic()
-            tick += 1
-        self._next_tick = tick
-        if tick <= current:
-            self._driver = self._loop.call_soon(self._drive)
-        else:
-            self._driver = self._loop.call_at(origin + tick * slot_len, self._drive)
+        try:
+            while tick <= last:
+                slot = self._wheel[tick % n]
+                tick += 1
+                if slot:
+                    self.lag.add(max(0.0, now - (origin + (tick - 1) * slot_len)), len(slot))
+                    for t in slot.values():  # probes never call back synchronously
+                        self._attempt(t)
+                    now = time.monotonic()
+        finally:  # whatever went wrong above, the wheel keeps turning
+            self._next_tick = tick
+            if tick <= current:
+                self._driver = self._loop.call_soon(self._drive)
+            else:
+                self._driver = self._loop.call_at(origin + tick * slot_len, self._drive)
 
     def _confirm(self, t: _Target, gen: int) -> None:
         if not t.removed and t.gen == gen:
@@ -228,7 +230,11 @@ class Engine:
         checks = t.checks
         if len(checks) == 1:
             check = checks[0]
-            self._probers[t.kind].start(t.ip, t.family, check, partial(self._on_result, t, t.gen, check))
+            done = partial(self._on_result, t, t.gen, check)
+            try:
+                self._probers[t.kind].start(t.ip, t.family, check, done)
+            except Exception as exc:  # a prober's bug is a local error for this target, not the loop's end
+                self._loop.call_soon(done, LOCAL_ERROR, 0.0, _start_failed(t.kind, exc))
         else:
             _AllChecks(self, t)
 
@@ -316,6 +322,10 @@ class Engine:
         self._on_transition(Transition(t.key, health, check, detail, latency, attempts, time.time()))
 
 
+def _start_failed(kind: str, exc: Exception) -> str:
+    return f"the {kind} probe could not start: {type(exc).__name__}: {exc}"
+
+
 class _AllChecks:
     """One attempt on a target with several checks: it succeeds only if every check does.
 
@@ -333,8 +343,12 @@ class _AllChecks:
         self._local: tuple[int, Check, float, str] | None = None
         self._latency = 0.0
         for check in t.checks:
-            prober = engine._probers[kind_of(check)]
-            prober.start(t.ip, t.family, check, partial(self._on_check, check))
+            kind = kind_of(check)
+            done = partial(self._on_check, check)
+            try:
+                engine._probers[kind].start(t.ip, t.family, check, done)
+            except Exception as exc:
+                engine._loop.call_soon(done, LOCAL_ERROR, 0.0, _start_failed(kind, exc))
 
     def _on_check(self, check: Check, outcome: int, latency: float, detail: str) -> None:
         self._engine._count(kind_of(check), outcome, latency)

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import time
 
 import pytest
 from helpers import conditions_are, stop, until
 
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
+from ehc.sim.faults import PODS_STATUS
 
 pytestmark = pytest.mark.skipif(
     not sim_netns.available()[0], reason=f"needs a network namespace: {sim_netns.available()[1]}"
 )
 
+LEASE = "endpoint-health-checker-leader"
 FAST = ["--interval", "300ms", "--timeout", "200ms", "--retry-count", "2", "--confirm-spacing", "20ms",
         "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", ""]  # fmt: skip
 
@@ -109,6 +113,56 @@ async def test_leader_failover_after_kill_9() -> None:
             assert marked_unready(sim).keys() == on_victim
         finally:
             assert await stop(b) == 0
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def lease_holder(sim: SimCluster) -> str:
+    lease = sim.api.collections[("coordination.k8s.io", "v1", "leases")].get("default", LEASE)
+    return (lease or {}).get("spec", {}).get("holderIdentity") or ""
+
+
+async def test_a_former_leader_writes_nothing_it_decided_in_an_earlier_term() -> None:
+    """a decides ejections it cannot write (the API refuses), is paused, loses the lease; the node
+    comes back; b leads and has nothing to write.  When b hands over and a leads again, a must not
+    write what it decided in its earlier term: those pods have been healthy all along."""
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        a = await start_ehc(sim, "ehc-a")
+        await until(conditions_are(api, gate_pods, "True"), "every gate pod's first value")
+        b = await start_ehc(sim, "ehc-b")
+        try:
+            await asyncio.sleep(1.0)  # b is a warm standby
+            victim = "sim-node-000"
+            on_victim = [p for p in fleet.pods_on(victim) if p.opted_in]
+            api.faults.fail(10**6, 500, verb="PATCH", path=PODS_STATUS)  # a's ejections cannot land
+            fleet.power_off(victim)
+            await until(lambda: api.faults.injected >= len(on_victim), "a's ejections, refused")
+            paused = [a.pid, *children(a.pid)]  # the coordinator and its workers, as a frozen node would
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
+            fleet.recover(victim)
+            await until(lambda: lease_holder(sim) == "ehc-b", "b leading")
+            api.faults.clear()
+            await asyncio.sleep(2.0)  # b probes the pods, all healthy: nothing to write
+            since = time.monotonic()
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(1.0)  # a finds it lost the lease
+            assert await stop(b) == 0  # b releases the lease: a leads again, in a new term
+            await until(lambda: lease_holder(sim) == "ehc-a", "a leading again")
+            await asyncio.sleep(2.0)  # a's new workers probe the healthy pods
+            assert api.write_log.first_taken_out(since=since) == {}
+            assert conditions_are(api, [p for p in on_victim if p.style == "gate"], "True")()
+        finally:
+            for pid in [a.pid, *children(a.pid)]:
+                os.kill(pid, signal.SIGCONT)
+            assert await stop(a) == 0
+            await stop(b)
 
 
 def test_demo_json_reports_the_measured_figures() -> None:
@@ -246,5 +300,22 @@ async def test_a_closed_port_ejects_only_that_pod() -> None:
             await until(lambda: (victim.namespace, victim.name) in marked_unready(sim))
             await asyncio.sleep(0.5)
             assert marked_unready(sim).keys() == {(victim.namespace, victim.name)}
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_the_command_ehc_sim_prints_runs_ehc_in_its_namespace() -> None:
+    from ehc.cli.sim import run_command
+
+    async with SimCluster(nodes=1, pods_per_node=8, kubelet_delay=None) as sim:
+        gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
+        command = run_command(sim)
+        assert command[: len(sim.exec_prefix())] == sim.exec_prefix()
+        proc = await asyncio.create_subprocess_exec(
+            *command, "--identity", "ehc-printed", "--namespace", "default"
+        )
+        try:
+            await until(conditions_are(sim.api, gate_pods, "True"), "the printed command at work")
+            assert proc.returncode is None  # its metrics port was free: it did not exit
         finally:
             assert await stop(proc) == 0

@@ -194,6 +194,22 @@ async def test_patch_status_strategic_merge_keeps_other_conditions(
     assert entry.status == 200 and entry.changed and entry.mono > 0 and entry.wall > 0
 
 
+async def test_a_uid_in_a_write_is_a_precondition(api: ApiServer, v1: client.CoreV1Api) -> None:
+    uid = api.get_pod("default", "a")["metadata"]["uid"]
+    body = {
+        "metadata": {"uid": "not-" + uid},
+        "status": {"conditions": [{"type": "Ready", "status": "False"}]},
+    }
+    with pytest.raises(ApiException) as err:
+        await v1.patch_namespaced_pod_status("a", "default", body)
+    assert err.value.status == 409
+    assert f"UID in precondition: not-{uid}, UID in object meta: {uid}" in err.value.body
+    assert api.pod_condition("default", "a") == "True"  # nothing written
+    body["metadata"] = {"uid": uid}
+    pod = await v1.patch_namespaced_pod_status("a", "default", body)
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "False"
+
+
 async def test_patch_status_merge_and_json_patch(api: ApiServer, v1: client.CoreV1Api) -> None:
     pod = await v1.patch_namespaced_pod_status(
         "a", "default", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},

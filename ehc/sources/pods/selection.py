@@ -64,11 +64,21 @@ class Selection:
     problems: tuple[str, ...] = ()  # bad input worth a log line and an Event
 
 
+_TRUTHY = frozenset({"true", "yes", "y", "on", "1", "enabled"})
+"""Values that mean "true" to a person, if not to ehc: worth a warning, since the pod goes unprotected."""
+
+
 def opt_in_mode(pod: Pod) -> tuple[Mode | None, str]:
     """The pod's mode, or None; the second value explains an explicit opt-out."""
     has_gate = any(g.conditionType == GATE for g in pod.spec.readinessGates)
     value = pod.metadata.annotations.get(ANNOTATION)
     if value is not None and value != "true":
+        if value.strip().lower() in _TRUTHY:
+            return None, (
+                f'annotation {ANNOTATION}={value!r} is not "true" (the value is case-sensitive), so the pod '
+                f'is not checked: write "true" to protect it'
+                + (f"; with the readiness gate {GATE} the pod cannot become Ready" if has_gate else "")
+            )
         if has_gate:
             return None, (
                 f"annotation {ANNOTATION}={value!r} opts the pod out although it has the readiness gate "
@@ -83,17 +93,16 @@ def opt_in_mode(pod: Pod) -> tuple[Mode | None, str]:
 
 
 def probe_ports(pod: Pod) -> tuple[tuple[int, ...], list[str]]:
-    """Ports of the readiness/liveness probes, deduplicated and sorted, and the names that do not resolve."""
+    """Ports of the readiness/liveness probes, deduplicated and sorted, and what is wrong with the others."""
     ports: set[int] = set()
     problems: list[str] = []
     for container in pod.spec.containers:
         for which, probe in (("readiness", container.readinessProbe), ("liveness", container.livenessProbe)):
             for port in _probe_ports(probe):
-                resolved = _resolve(container, port)
+                resolved, why = _resolve(container, port)
                 if resolved is None:
                     problems.append(
-                        f"container {container.name!r} {which} probe port {port!r} does not name a port "
-                        f"of the container; that port is not checked"
+                        f"container {container.name!r} {which} probe port {port!r} {why}; that port is not checked"
                     )
                 else:
                     ports.add(resolved)
@@ -106,15 +115,18 @@ def _probe_ports(probe: Probe | None) -> list[int | str]:
     return [action.port for action in (probe.tcpSocket, probe.httpGet, probe.grpc) if action is not None]
 
 
-def _resolve(container: Container, port: int | str) -> int | None:
+def _resolve(container: Container, port: int | str) -> tuple[int | None, str]:
+    """The port number, or None and why not."""
+    if isinstance(port, str) and port.isascii() and port.isdigit():  # "8080" is a valid IntOrString
+        port = int(port)
     if isinstance(port, int):
-        return port if 0 < port < 65536 else None
-    if port.isdigit():  # "8080" is accepted by the API as an IntOrString
-        return _resolve(container, int(port))
+        return (port, "") if 0 < port < 65536 else (None, "is out of range (1-65535)")
     for p in container.ports:
         if p.name == port and p.protocol == "TCP":
-            return p.containerPort
-    return None
+            if 0 < p.containerPort < 65536:
+                return p.containerPort, ""
+            return None, f"names containerPort {p.containerPort}, out of range (1-65535)"
+    return None, "does not name a TCP port of the container"
 
 
 def pod_ip(pod: Pod) -> str | None:
@@ -123,11 +135,25 @@ def pod_ip(pod: Pod) -> str | None:
     return pod.status.podIPs[0].ip if pod.status.podIPs else None
 
 
+def _address(text: str) -> tuple[str | None, str]:
+    """The canonical address a pod can be probed at, or None and why not."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None, "is not an IPv4 or IPv6 address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return None, "carries a zone index: a pod address never does"
+    if ip.is_unspecified or ip.is_multicast:
+        return None, "is not a unicast address"
+    return str(ip), ""
+
+
 def select(pod: Pod) -> Selection:
     """Decide whether and how ``pod`` is probed."""
     mode, why = opt_in_mode(pod)
     if mode is None:
-        return Selection(None, why, (why,) if "cannot become Ready" in why else ())
+        worth_an_event = "cannot become Ready" in why or "is not checked" in why
+        return Selection(None, why, (why,) if worth_an_event else ())
     if pod.metadata.deletionTimestamp:
         return Selection(None, "terminating")
     if pod.status.phase != "Running":
@@ -135,16 +161,15 @@ def select(pod: Pod) -> Selection:
     ip = pod_ip(pod)
     if not ip:
         return Selection(None, "no pod IP yet")
-    try:
-        ip = str(ipaddress.ip_address(ip))
-    except ValueError:
-        problem = f"pod IP {ip!r} is not an IPv4 or IPv6 address"
+    address, why = _address(ip)
+    if address is None:
+        problem = f"pod IP {ip!r} {why}; the pod is not probed"
         return Selection(None, problem, (problem,))
     ports, problems = probe_ports(pod)
     m = pod.metadata
     # Namespaces and node names repeat across thousands of pods: one string each, not one per pod.
     namespace, node = sys.intern(m.namespace), sys.intern(pod.spec.nodeName or "")
-    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, ip, _checks(ports), mode)
+    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, address, _checks(ports), mode)
     return Selection(target, "", tuple(problems))
 
 

@@ -49,11 +49,13 @@ class PodSource:
         *,
         submit: Callable[[StatusPatch], None],
         cancel: Callable[[str], None],
+        settled: Callable[[str], bool],
         events: EventRecorder,
     ) -> None:
         self._sink = sink
         self._submit = submit
         self._cancel = cancel
+        self._settled = settled
         self._events = events
         self._pods: dict[str, _Pod] = {}
         self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
@@ -157,6 +159,20 @@ class PodSource:
             rec.evidence = tr if tr.health == Health.UNHEALTHY else None
             rec.ejected = False
         self._reconcile(rec, tr)
+
+    def resync(self) -> int:
+        written = 0
+        for key, rec in self._pods.items():
+            t = rec.target
+            if self._settled(key) and (want := changes(t.mode, rec.verdict, rec.observed, rec.ejected)):
+                log.info("resync: pod %s shows %s; writing %s again", key, dict(rec.observed), want)
+                self._submit(StatusPatch(t.namespace, t.name, t.uid, conditions(t, want, rec.evidence)))
+                written += 1
+        return written
+
+    def reset(self) -> None:
+        for rec in self._pods.values():
+            rec.verdict, rec.evidence, rec.ejected = Health.UNKNOWN, None, False
 
     def _reconcile(self, rec: _Pod, tr: Transition | None = None) -> None:
         t = rec.target

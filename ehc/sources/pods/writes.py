@@ -1,8 +1,11 @@
 """The one write the pod source makes: a strategic-merge PATCH of ``pods/{name}/status``.
 
-The body carries only the conditions that change: ``{"status": {"conditions": [...]}}``.  The API
-server merges conditions by ``type``, so the kubelet's concurrent writes to other conditions are
-never overwritten, and no GET is needed first.
+The body carries only the conditions that change, ``{"status": {"conditions": [...]}}``, and the
+pod's UID, ``{"metadata": {"uid": ...}}``.  The API server merges conditions by ``type``, so the
+kubelet's concurrent writes to other conditions are never overwritten, and no GET is needed first.
+The UID is a precondition: a write decided for a pod that was deleted and recreated under the same
+name (a StatefulSet's) is refused with 409 Conflict instead of landing on the new pod, and the write
+queue drops it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ class StatusPatch:
         return f"{self.namespace}/{self.name}"
 
     def body(self) -> dict[str, object]:
-        return {"status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}}
+        body: dict[str, object] = {
+            "status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}
+        }
+        if self.uid:
+            body["metadata"] = {"uid": self.uid}
+        return body
 
     async def send(self, api: ApiClient, timeout: float) -> None:
         path = api_path("", "v1", "pods", namespace=self.namespace, name=self.name, subresource="status")
