@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 
 import aiohttp
@@ -113,4 +114,9 @@ async def test_a_leader_that_cannot_run_its_workers_gives_the_lease_up(
             for c in clients:
                 await c.close()
     said = [r.getMessage() for r in caplog.records if "cannot lead" in r.getMessage()]
-    assert said and "exited with code 1 3 times before it was ready" in said[0] and "giving lease" in said[0]
+    # (the exit code itself is not asserted: asyncio reports 255 when it loses the race to reap a child)
+    assert (
+        said
+        and re.search(r"exited with code -?\d+ 3 times before it was ready", said[0])
+        and "giving lease" in said[0]
+    )

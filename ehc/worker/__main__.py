@@ -39,6 +39,9 @@ log = logging.getLogger("ehc.worker")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _SUSPECTS_EVERY = 0.05
+NICENESS = 5
+"""Workers yield the CPU to their coordinator: when probing saturates it, the Lease renewals, the watch
+and the writes must still run on time (a starved coordinator loses the Lease and protects nothing)."""
 
 
 class _Rss:
@@ -220,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(args.log_level, args.log_format, role="worker[%(process)d]")
     raise_fd_limit()
+    os.nice(NICENESS)
     return uvloop.run(_serve(out_fd))
 
 
