@@ -264,3 +264,31 @@ def test_resync_writes_again_what_was_lost_and_nothing_the_pod_shows() -> None:
     assert sink.written()[-1] == ("ns/p0", {GATE: "False", READY: "False"})
     d.observe(target(), conds(ready="False", gate="False"))
     assert d.source.resync() == 0 and len(sink.submitted) == 2
+
+
+def test_annotation_mode_leaves_the_kubelet_its_recovery_when_the_spell_began_unready() -> None:
+    # Found by the soak: the pod already showed Ready=False when its unhealthy spell began (the
+    # kubelet's doing, or ehc's in an earlier term); when the kubelet sets Ready back before ehc saw
+    # the pod recover, ehc must not write Ready=False over it.
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    t = target(mode=Mode.ANNOTATION)
+    d.observe(t, conds(ready="False"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    d.observe(t, conds(ready="True"))  # the kubelet's call
+    assert sink.submitted == []
+
+
+def test_a_new_term_does_not_eject_again_what_an_earlier_term_ejected() -> None:
+    sink = Sink()
+    d = sink.decider(failsafe_min_targets=100)
+    t = target(mode=Mode.ANNOTATION)
+    d.observe(t, conds(ready="True"))
+    d.transition(tr(0, Health.UNHEALTHY))
+    d.observe(t, conds(ready="False"))  # the watch echoes the ejection
+    assert len(sink.submitted) == 1
+    d.decider.reset()  # the lease was lost and won again: a new term
+    d.source.reset()
+    d.transition(tr(0, Health.UNHEALTHY))  # the new term's workers find it dark too
+    d.observe(t, conds(ready="True"))  # the node is back; the kubelet restores Ready first
+    assert len(sink.submitted) == 1

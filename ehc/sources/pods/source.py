@@ -157,7 +157,9 @@ class PodSource:
         rec.verdict = verdict
         if tr is not None:  # a new spell; a fail-safe edge (tr None) continues the current one
             rec.evidence = tr if tr.health == Health.UNHEALTHY else None
-            rec.ejected = False
+            # A pod already showing Ready=False when its spell starts (the kubelet's doing, or ehc's in
+            # an earlier term) needs no ejection; if the kubelet then sets it True, that is its call.
+            rec.ejected = verdict == Health.UNHEALTHY and rec.observed.get(READY) == "False"
         self._reconcile(rec, tr)
 
     def resync(self) -> int:
