@@ -3,6 +3,7 @@
     .venv/bin/python perf/run.py                  # everything, by hand (about an hour; as root)
     .venv/bin/python perf/run.py --quick          # a small fleet, short phases, under 2 minutes (CI)
     .venv/bin/python perf/run.py --scenarios power_off_1_node api_trouble --repeat 3 --json out.json
+    .venv/bin/python perf/run.py --scenarios soak --soak-minutes 10   # by hand, never in the default run
 
 Each scenario starts a fresh simulated cluster (default 5,000 pods on 50 nodes), runs the real
 ``ehc run`` (or ``perf/baseline.py``) inside its network namespace, breaks something, and measures
@@ -49,6 +50,7 @@ SCENARIOS = (
 )  # fmt: skip
 BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss", "flapping",
                 "api_trouble", "leader_failover", "scale"}  # fmt: skip
+BY_HAND = ("soak",)  # selectable with --scenarios, never in the default run
 QUICK_BASELINE = {"steady_state", "power_off_1_node"}  # in --quick, the baseline's slowness costs minutes
 
 
@@ -112,6 +114,17 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
             crash = ehc_spec(args.profile, max(2, args.workers))
             steps.extend(
                 Step(name, "ehc", partial(scenarios.worker_crash, opts, crash, f"{name}-{i}"), warm + 8)
+                for i in range(args.repeat)
+            )
+        elif name == "soak":  # ehc only: its own standby and workers are what is broken
+            soak = ehc_spec(args.profile, max(2, args.workers))
+            steps.extend(
+                Step(
+                    name,
+                    "ehc",
+                    partial(scenarios.soak, opts, soak, f"{name}-{i}"),
+                    warm + 60 * opts.soak_minutes + 45,
+                )
                 for i in range(args.repeat)
             )
         elif name == "scale":
@@ -281,6 +294,7 @@ def options(args: argparse.Namespace) -> Options:
         opts = Options(nodes=args.nodes, pods_per_node=args.pods_per_node, steady_seconds=args.steady_seconds,
                        loss=((2, args.loss_seconds), (5, args.loss_seconds / 2)), cap=args.cap)  # fmt: skip
     opts.log_dir = Path(args.json).resolve().parent / "logs"
+    opts.soak_minutes, opts.seed = args.soak_minutes, args.seed
     return opts
 
 
@@ -292,10 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scenarios",
         nargs="+",
-        choices=SCENARIOS,
+        choices=SCENARIOS + BY_HAND,
         default=None,
         metavar="NAME",
-        help=f"which scenarios (default: all but capacity in --quick). One of: {', '.join(SCENARIOS)}",
+        help=f"which scenarios (default: all but {', '.join(BY_HAND)}, and capacity in --quick). "
+        f"One of: {', '.join(SCENARIOS + BY_HAND)}",
     )
     p.add_argument("--nodes", type=int, default=50, help="simulated nodes (default 50)")
     p.add_argument("--pods-per-node", type=int, default=100, help="pods per node (default 100; 70%% opt in)")
@@ -331,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         default=150.0,
         help="stop waiting for detections after this many seconds (default 150)",
     )
+    p.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=10.0,
+        help="soak duration; a node goes dark each minute (default 10)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the soak's random faults (default 1)")
     p.add_argument("--no-baseline", action="store_true", help="ehc only")
     p.add_argument(
         "--json", default=str(HERE / "out" / "report.json"), help="report file (default perf/out/report.json)"
@@ -371,6 +393,7 @@ def finish(args: argparse.Namespace, rep: Figures) -> int:
     if args.plot:
         from loadtest.plot import plot
 
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(rep, args.plot)
     print(report.table(rep))
     print()

@@ -63,6 +63,7 @@ class Snapshot:
     lag_p99: list[float] = field(default_factory=list)
     skipped: int = 0
     restarts: int = 0
+    stalls: int = 0
     worker_targets: int = 0
     pipe_frames: int = 0  # both directions
     pipe_bytes: int = 0
@@ -71,6 +72,7 @@ class Snapshot:
     transitions: int = 0
     probes_by_worker: dict[str, int] = field(default_factory=dict)
     worker_pids: dict[str, int] = field(default_factory=dict)  # worker index -> pid of its last stats frame
+    scraped: bool = False  # ehc's /metrics answered: its counters above are read, not left at 0
 
 
 class Replica:
@@ -158,6 +160,7 @@ class Replica:
             text = await self.scrape()
         except (OSError, TimeoutError):
             return snap
+        snap.scraped = True
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 name, labels, value = s.name, s.labels, s.value
@@ -183,6 +186,8 @@ class Replica:
                     snap.lag_p99.append(value)
                 elif name == "ehc_worker_restarts_total":
                     snap.restarts += int(value)
+                elif name == "ehc_worker_stalls_total":
+                    snap.stalls += int(value)
                 elif name == "ehc_pipe_frames_total":
                     snap.pipe_frames += int(value)
                 elif name == "ehc_pipe_bytes_total":

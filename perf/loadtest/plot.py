@@ -19,6 +19,7 @@ LABELS = {
     "loss_2pct": "1 node off under 2% loss",
     "loss_5pct": "1 node off under 5% loss",
     "leader_failover": "1 node off + leader kill -9",
+    "soak": "soak: a node off each minute, under faults",
 }
 STYLE = {"ehc": "-", "baseline": "--"}
 

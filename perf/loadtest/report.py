@@ -112,6 +112,12 @@ def goals(report: Figures) -> list[Figures]:
     crash = get(sc.get("worker_crash"), "ehc")
     if crash:
         add("worker crash: 0 false transitions", crash["false_transitions"], crash["false_transitions"] == 0)
+    soak = get(sc.get("soak"), "ehc")
+    if soak:
+        bad = soak["ejections_lost"] + soak["wrong_writes"] + soak["duplicated_writes"]
+        add("soak: no ejection lost, no wrong or duplicated write",
+            f"lost {soak['ejections_lost']}, wrong {soak['wrong_writes']}, duplicated {soak['duplicated_writes']} "
+            f"over {soak['power_offs']} power-offs", bad == 0)  # fmt: skip
     return out
 
 
@@ -149,10 +155,24 @@ def table(report: Figures) -> str:
     row("failover: last pod written", "leader_failover", "last_pod_written_seconds", " s")
     row("worker crash: respawn", "worker_crash", "respawn_seconds", " s")
     row("worker crash: false transitions", "worker_crash", "false_transitions")
+    row("soak: power-offs", "soak", "power_offs")
+    row("soak: power-offs during API trouble", "soak", "power_offs_during_api_trouble")
+    row("soak: ejections lost", "soak", "ejections_lost")
+    row("soak: wrong writes", "soak", "wrong_writes")
+    row("soak: duplicated writes", "soak", "duplicated_writes")
+    row("soak: power-off to last pod out, median", "soak", "last_pod_out_seconds.p50", " s")
+    row("soak: power-off to last pod out, worst", "soak", "last_pod_out_seconds.max", " s")
+    row("soak: leader changes", "soak", "leader_changes")
+    row("soak: worker restarts", "soak", "worker_restarts")
+    row("soak: worker stalls", "soak", "worker_stalls")
+    row("soak: opted-in pods out of service at the end", "soak", "out_of_service_at_end")
     width = max((len(r[0]) for r in rows), default=10)
     lines = [f"  {'':<{width}}  {'ehc':>12}  {'baseline':>12}"]
     lines += [f"  {label:<{width}}  {e:>12}  {b:>12}" for label, e, b in rows]
     lines.append(f"  {'Kubernetes alone (node-monitor grace period)':<{width}}  {GRACE_PERIOD:>11.0f}s")
+    injected = get(sc.get("soak"), "ehc.faults_injected")
+    if injected:
+        lines.append(f"  soak faults injected: {', '.join(f'{k} {n}' for k, n in injected.items())}")
     lines += _scale_table(sc.get("scale") or {})
     cap = sc.get("capacity")
     if cap:

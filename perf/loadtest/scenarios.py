@@ -16,6 +16,7 @@ import random
 import signal
 import statistics
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ import baseline
 
 from ehc.kube.model import GATE, READY
 from ehc.sim import SimCluster
+from ehc.sim.faults import LEASES, PODS_STATUS, DelayRule, ErrorRule, Faults
 from ehc.sim.fleet import SimPod
+from ehc.sim.writelog import WriteEntry
 from loadtest.checkers import CheckerSpec, Replica, Snapshot, start_replicas, stop_replicas
 
 Key = tuple[str, str]
@@ -48,6 +51,8 @@ class Options:
     scale_sizes: tuple[int, ...] = (1_000, 5_000, 10_000, 20_000)
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_seconds: float = 10.0
+    soak_minutes: float = 10.0
+    seed: int = 1  # the soak's random faults
     log_dir: Path = Path("perf/out/logs")
     progress: Callable[[str], None] = field(default=lambda _text: None)
 
@@ -569,3 +574,392 @@ def rss_slope(points: list[Figures]) -> dict[str, float | None]:
     coord = [p["rss_mb"]["coordinator"] * 2**20 for p in points]
     worker = [sum(p["rss_mb"]["workers"]) * 2**20 for p in points]
     return {"coordinator": round(slope(coord)), "worker": round(slope(worker)) if any(worker) else None}
+
+
+# ---- 9. soak ------------------------------------------------------------------------------------
+
+PATCH_TIMEOUT = 10.0  # how long ehc waits for a status PATCH's answer (its write queue's request timeout)
+# API trouble, kind -> weight.  ``patch_past_timeout`` holds status PATCHes longer than ehc waits for an
+# answer: ehc gives up and sends them again (the simulated server cancels a request whose client hung up).
+API_FAULTS = {"patch_500": 3, "patch_429": 3, "patch_slow": 2, "patch_past_timeout": 1, "lease_500": 2,
+              "lease_429": 1, "watch_drop": 2, "watch_410": 2}  # fmt: skip
+
+
+@dataclass
+class Fault:
+    """One injected fault, from when until when it could act (monotonic; equal for one-off faults)."""
+
+    kind: str
+    start: float
+    end: float
+    detail: str
+
+
+@dataclass
+class Outage:
+    """One node powered off: when, its opted-in pods, and when it came back."""
+
+    node: str
+    off: float
+    victims: frozenset[Key]
+    on: float = math.inf
+
+
+def pod_conditions(pod: dict[str, Any] | None) -> dict[str, str]:
+    conds = ((pod or {}).get("status") or {}).get("conditions") or []
+    return {c.get("type"): c.get("status") for c in conds}
+
+
+class Commits:
+    """When the API server applied each checker change that took a pod out of service, from its store's
+    commit hook (the one the kubelet stand-in listens on).  The write log stamps a request when it
+    arrives; an injected delay holds it before it applies, so only the commit says when the pod left
+    service."""
+
+    def __init__(self, sim: SimCluster) -> None:
+        self.taken_out: list[tuple[float, Key]] = []  # in commit order
+        sim.api.pods.hooks.append(self._on_change)
+
+    def _on_change(self, typ: str, old: dict[str, Any] | None, new: dict[str, Any], actor: str) -> None:
+        if actor != "client" or typ != "MODIFIED":
+            return
+        before, after = pod_conditions(old), pod_conditions(new)
+        if any(after.get(t) == "False" != before.get(t) for t in (GATE, READY)):
+            meta = new["metadata"]
+            self.taken_out.append((time.monotonic(), (meta["namespace"], meta["name"])))
+
+
+class Increase:
+    """A counter summed over processes and their resets (a new term's worker pool, a killed leader),
+    as Prometheus' increase() does: a value below the last one means the counter started again at 0."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.total = 0
+
+    def add(self, who: str, value: int) -> None:
+        prev = self.last.get(who, 0)
+        self.total += value - prev if value >= prev else value
+        self.last[who] = value
+
+
+def start_api_fault(
+    faults: Faults, kind: str, rng: random.Random
+) -> tuple[ErrorRule | DelayRule, str, float]:
+    """Start a burst of ``kind``: the rule (to lift later), what it does, and how long it still acts
+    once lifted (a delay holds the requests that arrived before)."""
+    if kind == "patch_500":
+        return faults.fail(10**9, 500, verb="PATCH", path=PODS_STATUS), "500 on status PATCHes", 0.0
+    if kind == "patch_429":
+        wait = rng.choice((1, 2, 3))
+        rule = faults.throttle(10**9, wait, verb="PATCH", path=PODS_STATUS)
+        return rule, f"429 Retry-After {wait}s on status PATCHes", 0.0
+    if kind == "lease_500":
+        return faults.fail(10**9, 500, path=LEASES), "500 on Lease requests", 0.0
+    if kind == "lease_429":
+        return faults.throttle(10**9, 1.0, path=LEASES), "429 Retry-After 1s on Lease requests", 0.0
+    if kind == "patch_slow":
+        delay = rng.uniform(0.5, 3.0)
+    else:
+        delay = rng.uniform(PATCH_TIMEOUT + 0.5, PATCH_TIMEOUT + 3.0)
+    return faults.delay(delay, verb="PATCH", path=PODS_STATUS), f"status PATCHes held {delay:.1f}s", delay
+
+
+def duplicated_writes(entries: list[WriteEntry]) -> tuple[int, list[WriteEntry]]:
+    """The checker's landed status writes that changed nothing (``changes`` empty), and those of them
+    that restate what its own earlier landed write had set, nobody having changed it since (in the
+    write log's order): the same change landing twice."""
+    mine: dict[tuple[Key, str], str] = {}  # (pod, condition) -> status the checker's last change set
+    no_op, dup = 0, []
+    for e in entries:
+        if e.resource != "pods" or e.subresource != "status" or not 200 <= e.status < 300:
+            continue
+        key = (e.namespace, e.name)
+        sets = {c.get("type"): c.get("status") for c in e.conditions()}
+        if e.actor != "client":
+            if e.changed:  # the kubelet (or the harness) changed it since
+                for ctype in sets:
+                    mine.pop((key, ctype), None)
+        elif e.changes:
+            mine.update({(key, ctype): status for ctype, status in e.changes.items()})
+        else:
+            no_op += 1
+            if sets and all(mine.get((key, ctype)) == status for ctype, status in sets.items()):
+                dup.append(e)
+    return no_op, dup
+
+
+def leader_changes(entries: list[WriteEntry], since: float) -> list[tuple[float, str]]:
+    """(time, new holder) of each landed Lease write since ``since`` that names another holder than the
+    last one named."""
+    out: list[tuple[float, str]] = []
+    holder = None
+    for e in entries:
+        if (
+            e.resource != "leases"
+            or e.actor != "client"
+            or not 200 <= e.status < 300
+            or not isinstance(e.body, dict)
+        ):
+            continue
+        named = (e.body.get("spec") or {}).get("holderIdentity")
+        if named and named != holder:
+            if holder is not None and e.mono >= since:
+                out.append((e.mono, named))
+            holder = named
+    return out
+
+
+async def until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+class Soak:
+    """The soak's injectors, each on its own seeded random stream, and what they injected when."""
+
+    def __init__(
+        self, opts: Options, spec: CheckerSpec, tag: str, sim: SimCluster, reps: list[Replica]
+    ) -> None:
+        self.opts, self.spec, self.tag, self.sim, self.reps = opts, spec, tag, sim, reps
+        self.commits = Commits(sim)
+        self.faults: list[Fault] = []
+        self.outages: list[Outage] = []
+        self.restarts, self.stalls = Increase(), Increase()
+        self.stopped: set[int] = set()  # SIGSTOPped worker pids not continued yet
+        self.skipped = 0  # worker faults not injected: no leader with workers at that moment
+        self.log_start = len(sim.api.write_log.entries)
+        self.refused0 = sim.api.faults.injected
+        self.t0 = time.monotonic()
+        self.end = self.t0 + 60 * opts.soak_minutes
+
+    def rng(self, stream: str) -> random.Random:
+        """One stream per injector, so each one's choices repeat with the seed whatever the interleaving."""
+        return random.Random(f"{self.opts.seed}/{stream}")
+
+    async def run(self) -> None:
+        jobs = (
+            self.power_offs(),
+            self.api_trouble(),
+            self.worker_trouble(),
+            self.kill_leader(),
+            self.sample(),
+        )
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.sim.api.faults.clear()
+            for pid in self.stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    async def power_offs(self) -> None:
+        """Each minute a different node goes dark for 20–30 s."""
+        rng = self.rng("power")
+        nodes = rng.sample(self.sim.fleet.nodes, len(self.sim.fleet.nodes))
+        for k in range(max(1, int(self.opts.soak_minutes))):
+            node = nodes[k % len(nodes)]
+            await until(self.t0 + 60 * k + rng.uniform(5, 25))
+            off = time.monotonic()
+            outage = Outage(node, off, frozenset(power_off(self.sim, [node])))
+            self.outages.append(outage)
+            await asyncio.sleep(rng.uniform(20, 30))
+            self.sim.fleet.recover(node)
+            outage.on = time.monotonic()
+
+    async def api_trouble(self) -> None:
+        """Every 2–8 s a burst of API trouble (``API_FAULTS``), one at a time: errors and delays for 1–8 s
+        (Lease errors 0.5–5 s, around the 2 s renew deadline), or every watch dropped or sent to 410."""
+        rng = self.rng("api")
+        api = self.sim.api
+        while True:
+            await asyncio.sleep(rng.uniform(2, 8))
+            if time.monotonic() >= self.end:
+                return
+            kind = rng.choices(list(API_FAULTS), list(API_FAULTS.values()))[0]
+            start = time.monotonic()
+            if kind.startswith("watch"):
+                count = api.close_watches(abrupt=kind == "watch_drop")
+                if kind == "watch_410":  # each reconnecting watch is told its version expired: relist
+                    api.faults.expire_next_watch(count)
+                self.faults.append(Fault(kind, start, start, f"{count} watches"))
+                continue
+            seconds = rng.uniform(1, 8) if kind.startswith("patch") else rng.uniform(0.5, 5)
+            rule, detail, lingers = start_api_fault(api.faults, kind, rng)
+            await asyncio.sleep(seconds)
+            rule.remaining = 0  # lifted: a rule with nothing remaining matches nothing
+            self.faults.append(Fault(kind, start, time.monotonic() + lingers, f"{seconds:.1f}s of {detail}"))
+
+    async def worker_trouble(self) -> None:
+        """Every 8–20 s, SIGKILL one of the leader's workers, or SIGSTOP it and SIGCONT it 2–8 s later."""
+        rng = self.rng("worker")
+        while True:
+            await asyncio.sleep(rng.uniform(8, 20))
+            kind, pause, pick = rng.choice(("worker_kill", "worker_stop")), rng.uniform(2, 8), rng.random()
+            if time.monotonic() >= self.end:
+                return
+            pid = await self.leader_worker(pick)
+            start = time.monotonic()
+            try:
+                if pid is None:
+                    raise ProcessLookupError
+                os.kill(pid, signal.SIGKILL if kind == "worker_kill" else signal.SIGSTOP)
+            except ProcessLookupError:
+                self.skipped += 1
+                continue
+            if kind == "worker_stop":
+                self.stopped.add(pid)
+                await asyncio.sleep(pause)
+                with contextlib.suppress(ProcessLookupError):  # ehc may have killed it as silent meanwhile
+                    os.kill(pid, signal.SIGCONT)
+                self.stopped.discard(pid)
+            self.faults.append(Fault(kind, start, time.monotonic(), f"pid {pid}"))
+
+    async def leader_worker(self, pick: float) -> int | None:
+        """One of the leader's workers, as its /metrics names them and still its child; None between terms."""
+        try:
+            leader = await leader_of(self.reps)
+        except RuntimeError:
+            return None
+        children = set(leader.worker_pids())
+        pids = sorted(p for p in (await leader.snapshot()).worker_pids.values() if p in children)
+        return pids[int(pick * len(pids))] if pids else None
+
+    async def kill_leader(self) -> None:
+        """Once, 30–70 % of the way through: kill -9 the leader, so the standby takes over, and start a
+        new standby, as the Deployment would."""
+        await until(self.t0 + self.rng("leader").uniform(0.3, 0.7) * (self.end - self.t0))
+        while time.monotonic() < self.end:
+            try:
+                leader = await leader_of(self.reps)
+            except RuntimeError:  # between terms (Lease trouble): try again shortly
+                await asyncio.sleep(0.5)
+                continue
+            start = time.monotonic()
+            leader.kill()
+            self.faults.append(Fault("leader_kill", start, start, leader.identity))
+            identity = f"{self.tag}-{self.spec.kind}-{len(self.reps)}"
+            standby = Replica(self.spec, self.sim, identity, self.opts.log_dir)
+            await standby.start()
+            self.reps.append(standby)
+            return
+
+    async def sample(self) -> None:
+        """Every second, ehc's worker restart and stall counters, and the progress line."""
+        while time.monotonic() < self.end:
+            await self.read_counters()
+            down = ", ".join(sorted(self.sim.fleet.down_nodes)) or "none"
+            self.opts.progress(f"{self.tag}: {self.end - time.monotonic():.0f}s left, "
+                               f"{len(self.faults)} faults so far, node off: {down}")  # fmt: skip
+            await asyncio.sleep(1.0)
+
+    async def read_counters(self) -> None:
+        for r in list(self.reps):
+            if r.alive and (s := await r.snapshot()).scraped:
+                self.restarts.add(r.identity, s.restarts)
+                self.stalls.add(r.identity, s.stalls)
+
+    def story(self, key: Key, since: float, until: float) -> list[str]:
+        """What the write log holds for one pod between two moments, one line per write."""
+        return [
+            f"{e.mono - self.t0:.3f}s {e.actor} {e.verb} -> {e.status} changed {e.changes} "
+            f"sets { {c.get('type'): c.get('status') for c in e.conditions()} }"
+            for e in self.sim.api.write_log.entries[self.log_start :]
+            if (e.namespace, e.name) == key and since <= e.mono <= until
+        ]
+
+    def figures(self) -> Figures:
+        entries = self.sim.api.write_log.entries[self.log_start :]
+        node_of = {p.key: p.node for p in self.sim.fleet.targets()}
+
+        def at(t: float) -> float:
+            return round(t - self.t0, 3)
+
+        outages, lost, samples, lasts, during = [], [], [], [], 0
+        for o in self.outages:
+            first: dict[Key, float] = {}
+            for t, key in self.commits.taken_out:
+                if key in o.victims and o.off <= t < o.on:
+                    first.setdefault(key, t)
+            missing = sorted(o.victims - first.keys())
+            samples += [t - o.off for t in first.values()]
+            last = max(first.values()) - o.off if first and not missing else None
+            if last is not None:
+                lasts.append(last)
+            window_end = o.off + last if last is not None else o.on
+            kinds = sorted({f.kind for f in self.faults if f.start <= window_end and f.end >= o.off})
+            during += any(k in API_FAULTS for k in kinds)
+            outages.append({
+                "node": o.node, "off_at": at(o.off), "off_seconds": round(o.on - o.off, 1), "victims": len(o.victims),
+                "lost": len(missing), "last_out_seconds": round(last, 3) if last is not None else None,
+                "faults_meanwhile": kinds,
+            })  # fmt: skip
+            lost += [{"pod": f"{k[0]}/{k[1]}", "node": o.node, "off_at": at(o.off), "on_at": at(o.on),
+                      "writes": self.story(k, o.off, o.on + 5)} for k in missing]  # fmt: skip
+        wrong = [
+            {"pod": f"{key[0]}/{key[1]}", "node": node_of.get(key), "committed_at": at(t),
+             "writes": self.story(key, t - 30, t + 5)}
+            for t, key in self.commits.taken_out
+            if not any(o.node == node_of.get(key) and o.off <= t < o.on for o in self.outages)
+        ]  # fmt: skip
+        no_op, dup = duplicated_writes(entries)
+        changes = leader_changes(self.sim.api.write_log.entries, self.t0)
+        stuck = [p for p in self.sim.fleet.targets() if out_of_service(self.sim, p)]
+        writes = [e for e in entries if e.actor == "client" and e.resource == "pods"]
+        return {
+            "minutes": self.opts.soak_minutes,
+            "seed": self.opts.seed,
+            "targets": len(node_of),
+            "workers": self.spec.workers,
+            "power_offs": len(self.outages),
+            "victim_pods": sum(len(o.victims) for o in self.outages),
+            "ejections_lost": len(lost),
+            "wrong_writes": len(wrong),
+            "duplicated_writes": len(dup),
+            "no_op_writes": no_op,
+            "last_pod_out_seconds": quantiles(lasts),
+            "power_offs_during_api_trouble": during,
+            "faults_injected": dict(sorted(Counter(f.kind for f in self.faults).items())),
+            "requests_refused": self.sim.api.faults.injected - self.refused0,
+            "worker_faults_skipped": self.skipped,
+            "worker_restarts": self.restarts.total,
+            "worker_stalls": self.stalls.total,
+            "leader_changes": len(changes),
+            "out_of_service_at_end": len(stuck),
+            "pod_write_attempts": len(writes),
+            "pod_writes_landed": sum(1 for e in writes if 200 <= e.status < 300),
+            "outages": outages,
+            "findings": {
+                "lost": lost[:20],
+                "wrong": wrong[:20],
+                "duplicated": [self.story((e.namespace, e.name), e.mono - 30, e.mono + 5) for e in dup[:20]],
+                "out_of_service_at_end": [f"{p.namespace}/{p.name}" for p in stuck[:20]],
+            },
+            "leader_change_log": [f"{at(t)}s {holder}" for t, holder in changes],
+            "fault_log": [
+                f"{at(f.start)}s {f.kind}: {f.detail}" for f in sorted(self.faults, key=lambda f: f.start)
+            ],
+            "samples": sorted(round(x, 4) for x in samples),
+        }
+
+
+async def soak(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
+    """Everything at once for ``soak_minutes``, ehc only, leader and standby: each minute a node goes
+    dark for 20–30 s while the API server errs, throttles, stalls and drops watches, the leader's
+    workers are killed or frozen, and once the leader itself is killed.  Measured on what the API
+    server applied: no ejection lost, no pod wrongly taken out, no change landing twice."""
+    async with running(opts, spec, tag, replicas=2) as (sim, reps):
+        s = Soak(opts, spec, tag, sim, reps)
+        await s.read_counters()
+        s.restarts.total = s.stalls.total = 0  # the soak counts from here
+        await s.run()
+        deadline = time.monotonic() + 60
+        while any(out_of_service(sim, p) for p in sim.fleet.targets()) and time.monotonic() < deadline:
+            opts.progress(f"{tag}: faults over, waiting for every pod back in service")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # a late write would land now
+        await s.read_counters()
+        return s.figures()
