@@ -292,7 +292,8 @@ def options(args: argparse.Namespace) -> Options:
                        flap_rounds=3, flap_cycles=1)  # fmt: skip
     else:
         opts = Options(nodes=args.nodes, pods_per_node=args.pods_per_node, steady_seconds=args.steady_seconds,
-                       loss=((2, args.loss_seconds), (5, args.loss_seconds / 2)), cap=args.cap)  # fmt: skip
+                       loss=((2, args.loss_seconds), (5, args.loss_seconds / 2)), cap=args.cap,
+                       trouble_seconds=args.trouble_seconds)  # fmt: skip
     opts.log_dir = Path(args.json).resolve().parent / "logs"
     opts.soak_minutes, opts.seed = args.soak_minutes, args.seed
     return opts
@@ -339,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=300.0,
         help="duration of 2%% loss; 5%% runs half as long (default 300)",
+    )
+    p.add_argument(
+        "--trouble-seconds",
+        type=float,
+        default=30.0,
+        help="api_trouble: how long every single-pod request is refused (default 30)",
     )
     p.add_argument(
         "--cap",
