@@ -36,5 +36,4 @@ def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-count = whole(0)
 positive = whole(1)
