@@ -69,7 +69,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.alive = True
         self.started = self.last_heard = self.last_progress = time.monotonic()
         self.attempts = -1  # probe attempts (made or failed locally) in its last stats frame
-        self.probing = False  # its last stats showed attempts advancing, or no targets
+        self.probing = False  # a stats frame since its start showed attempts advancing, or no targets
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def progress(self, stats: Stats) -> None:

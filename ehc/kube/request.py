@@ -166,17 +166,8 @@ async def request(
 ) -> bytes:
     """One request; the 2xx answer's body.  ``body`` is JSON-serialized (a dict, usually); ``timeout``
     in seconds bounds the whole exchange.  Raises ``ApiError``."""
-    resp = await _send(api, method, path, query, body, content_type, timeout)
-    try:
-        data = await resp.read()
-    except NO_ANSWER as exc:
-        resp.close()
-        raise ApiError.no_answer(exc) from exc
-    except BaseException:
-        resp.close()
-        raise
-    resp.release()
-    return data
+    async with _answer(api, method, path, query, body, content_type, timeout) as resp:
+        return await resp.read()
 
 
 @contextlib.asynccontextmanager
@@ -186,9 +177,25 @@ async def stream(
     """A GET whose body is read as it arrives (a watch).  Yields the body; a transport failure while it
     is read raises ``ApiError`` (status 0) too.  Leaving early, by error or cancellation, drops the
     connection, so the server sees the watch go away at once."""
-    resp = await _send(api, "GET", path, query, None, None, timeout)
-    try:
+    async with _answer(api, "GET", path, query, None, None, timeout) as resp:
         yield resp.content
+
+
+@contextlib.asynccontextmanager
+async def _answer(
+    api: ApiClient,
+    method: str,
+    path: str,
+    query: Mapping[str, str] | None,
+    body: Any,
+    content_type: str | None,
+    timeout: Timeout,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The open 2xx response while its body is read: a transport failure meanwhile is an ``ApiError``
+    (status 0); any failure or cancellation drops the connection, a clean end releases it."""
+    resp = await _send(api, method, path, query, body, content_type, timeout)
+    try:
+        yield resp
     except NO_ANSWER as exc:
         resp.close()
         raise ApiError.no_answer(exc) from exc

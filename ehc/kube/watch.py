@@ -393,13 +393,18 @@ class ListWatcher(Generic[T]):
             self._reported.pop(key, None)
             return key, item.metadata.resourceVersion, item
         try:
-            meta = named_decoder.decode(raw).metadata
+            named = named_decoder.decode(raw)
         except msgspec.DecodeError:
             return "", "", None
-        key, rv = f"{meta.namespace}/{meta.name}", meta.resourceVersion
+        key, rv = key_of(named), named.metadata.resourceVersion
         if what == "DELETED":
+            self._reported.pop(key, None)
             with contextlib.suppress(msgspec.ValidationError):
-                return key, rv, msgspec.convert({"metadata": msgspec.to_builtins(meta)}, self.resource.item)
+                return (
+                    key,
+                    rv,
+                    msgspec.convert({"metadata": msgspec.to_builtins(named.metadata)}, self.resource.item),
+                )
         self.undecodable += 1
         if self._reported.get(key) != rv:
             self._reported[key] = rv

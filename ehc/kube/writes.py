@@ -175,6 +175,7 @@ class WriteQueue:
     def cancel(self, key: str) -> None:
         """The object is gone: drop its queued write and do not retry its in-flight one. Quiet."""
         self._pending.pop(key, None)
+        self._landed.pop(key, None)
         inflight = self._inflight.get(key)
         if inflight is not None:
             inflight.cancelled = True

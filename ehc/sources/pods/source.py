@@ -92,15 +92,13 @@ class PodSource:
         if rec is not None and (rec.target.uid != target.uid or rec.target.mode is not target.mode):
             self._drop(key)  # another pod under the same name, or another mode: start afresh
             rec = None
+        moved = rec is None or rec.target.ip != target.ip or rec.target.checks != target.checks
         if rec is None:
-            rec = self._pods[key] = _Pod(target, seen)
-            self._sink.upsert(self._probe_target(rec))
-        elif rec.target.ip != target.ip or rec.target.checks != target.checks:
-            rec.target, rec.observed = target, seen
-            self._sink.upsert(self._probe_target(rec))
+            rec = self._pods[key] = _Pod(target)
         rec.target, rec.observed = target, seen
-        if rec.verdict == Health.UNHEALTHY and seen.get(READY) == "False":
-            rec.ejected = True
+        if moved:
+            self._sink.upsert(self._probe_target(rec))
+        self._note_ejection(rec)
         self._reconcile(rec)
 
     def _report(self, pod: Pod, problems: tuple[str, ...], skipped: str) -> None:
@@ -157,18 +155,24 @@ class PodSource:
         rec.verdict = verdict
         if tr is not None:  # a new spell; a fail-safe edge (tr None) continues the current one
             rec.evidence = tr if tr.health == Health.UNHEALTHY else None
+            rec.ejected = False
             # A pod already showing Ready=False when its spell starts (the kubelet's doing, or ehc's in
             # an earlier term) needs no ejection; if the kubelet then sets it True, that is its call.
-            rec.ejected = verdict == Health.UNHEALTHY and rec.observed.get(READY) == "False"
+            self._note_ejection(rec)
         self._reconcile(rec, tr)
+
+    @staticmethod
+    def _note_ejection(rec: _Pod) -> None:
+        """Annotation mode's once per spell: Ready=False seen on the pod while it is judged unhealthy."""
+        if rec.verdict == Health.UNHEALTHY and rec.observed.get(READY) == "False":
+            rec.ejected = True
 
     def resync(self) -> int:
         written = 0
         for key, rec in self._pods.items():
-            t = rec.target
-            if self._settled(key) and (want := changes(t.mode, rec.verdict, rec.observed, rec.ejected)):
+            if self._settled(key) and (want := self._wanted(rec)):
                 log.info("resync: pod %s shows %s; writing %s again", key, dict(rec.observed), want)
-                self._submit(StatusPatch(t.namespace, t.name, t.uid, conditions(t, want, rec.evidence)))
+                self._write(rec, want, rec.evidence)
                 written += 1
         return written
 
@@ -177,12 +181,18 @@ class PodSource:
             rec.verdict, rec.evidence, rec.ejected = Health.UNKNOWN, None, False
 
     def _reconcile(self, rec: _Pod, tr: Transition | None = None) -> None:
+        if want := self._wanted(rec):
+            self._write(rec, want, tr or rec.evidence)
+        else:
+            self._cancel(rec.target.key)
+
+    @staticmethod
+    def _wanted(rec: _Pod) -> dict[str, str]:
+        return changes(rec.target.mode, rec.verdict, rec.observed, rec.ejected)
+
+    def _write(self, rec: _Pod, want: dict[str, str], evidence: Transition | None) -> None:
         t = rec.target
-        want = changes(t.mode, rec.verdict, rec.observed, rec.ejected)
-        if not want:
-            self._cancel(t.key)
-            return
-        self._submit(StatusPatch(t.namespace, t.name, t.uid, conditions(t, want, tr or rec.evidence)))
+        self._submit(StatusPatch(t.namespace, t.name, t.uid, conditions(t, want, evidence)))
 
     # ---- writes ---------------------------------------------------------------------------------
 
