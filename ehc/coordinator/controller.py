@@ -73,7 +73,7 @@ class Controller:
         )
         self.pods = PodSource(
             self, submit=self.writes.submit, cancel=self.writes.cancel, settled=self.writes.settled,
-            events=self.events,
+            events=self.events, default_probe=settings.default_probe,
         )  # fmt: skip
         self.watcher = PodWatcher(
             api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event

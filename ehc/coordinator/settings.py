@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ehc.sources.pods.selection import PROBES
 from ehc.wire.logs import FORMATS, LEVELS
 from ehc.wire.settings import ProbeSettings, format_duration, parse_duration
 
@@ -52,6 +53,12 @@ SETTINGS: tuple[Setting, ...] = (
         "accepted for compatibility with the reference checker; ehc has no fixed pool of checks "
         "(every probe runs concurrently), so it changes nothing",
         minimum=1,
+    ),
+    Setting(
+        "EHC_DEFAULT_PROBE", "--default-probe", "choice", "tcp",
+        "what to check on a pod without the endpoint-health-checker.io/probe annotation: tcp (connect "
+        "to its probe ports), readiness (what its readiness probe declares: HTTP GET, gRPC health, TCP) "
+        "or icmp", choices=PROBES,
     ),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
@@ -145,6 +152,7 @@ class RunSettings:
     concurrency: int
     recovery_threshold: int
     confirm_spacing: float
+    default_probe: str
     workers: int
     failsafe_share: float
     failsafe_min_targets: int

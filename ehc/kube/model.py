@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 import msgspec
 
 ANNOTATION = "endpoint-health-checker.io/enabled"
+PROBE_ANNOTATION = "endpoint-health-checker.io/probe"
 GATE = "endpointHealthCheckSuccess"
 READY = "Ready"
 
@@ -38,15 +39,33 @@ class ContainerPort(msgspec.Struct):
 
 
 class PortAction(msgspec.Struct):
-    """tcpSocket, httpGet and grpc all carry a port (grpc: a number only)."""
+    """A tcpSocket probe: a port by number or by name."""
 
     port: int | str
 
 
+class HttpHeader(msgspec.Struct):
+    name: str
+    value: str = ""
+
+
+class HttpGetAction(msgspec.Struct):
+    port: int | str
+    path: str | None = None
+    host: str | None = None
+    scheme: str | None = None
+    httpHeaders: list[HttpHeader] | None = None
+
+
+class GrpcAction(msgspec.Struct):
+    port: int | str  # the API allows a number only; a name is reported, not probed
+    service: str | None = None
+
+
 class Probe(msgspec.Struct):
     tcpSocket: PortAction | None = None
-    httpGet: PortAction | None = None
-    grpc: PortAction | None = None
+    httpGet: HttpGetAction | None = None
+    grpc: GrpcAction | None = None
 
 
 class Container(msgspec.Struct):

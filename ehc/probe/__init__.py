@@ -8,6 +8,8 @@ in flight per worker at the cost of a socket and a deadline-queue entry each.
 from __future__ import annotations
 
 import asyncio
+import errno
+import resource
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,6 +26,29 @@ This says nothing about the endpoint, so it never counts towards flipping a targ
 
 Done = Callable[[int, float, str], None]
 """``done(outcome, latency_seconds, detail)``; detail is "" on success, else a short reason."""
+
+
+# Errors that describe this process or host, not the endpoint: they never count against a target.
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+        errno.EADDRNOTAVAIL,  # no free ephemeral port
+        errno.EAGAIN,  # for TCP connect: no free local port
+        errno.EPERM,  # a local firewall rule rejected the packet before it left
+        errno.EACCES,
+    }
+)
+
+
+def describe_errno(code: int) -> str:
+    if code in (errno.EMFILE, errno.ENFILE):  # say what to fix, not just the errno
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        which = "this process" if code == errno.EMFILE else "the whole host"
+        return f"too many open files (limit {limit}; {which} ran out of file descriptors)"
+    return errno.errorcode.get(code, str(code)).lower().removeprefix("e") if code else "ok"
 
 
 class Prober(Protocol):

@@ -16,39 +16,16 @@ from __future__ import annotations
 import _socket
 import asyncio
 import errno
-import resource
 import socket
 import struct
 import time
 
-from ehc.probe import FAIL, LOCAL_ERROR, OK, Done, Later
+from ehc.probe import FAIL, LOCAL_ERRNOS, LOCAL_ERROR, OK, Done, Later, describe_errno
 from ehc.probe.deadlines import Deadlines
 from ehc.wire.checks import Tcp
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-
-# Errors that describe this process or host, not the endpoint: they never count against a target.
-_LOCAL_ERRNOS = frozenset(
-    {
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.ENOBUFS,
-        errno.ENOMEM,
-        errno.EADDRNOTAVAIL,  # no free ephemeral port
-        errno.EAGAIN,  # for TCP connect: no free local port
-        errno.EPERM,  # a local firewall rule rejected the packet before it left
-        errno.EACCES,
-    }
-)
-
-
-def _describe(code: int) -> str:
-    if code in (errno.EMFILE, errno.ENFILE):  # say what to fix, not just the errno
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        which = "this process" if code == errno.EMFILE else "the whole host"
-        return f"too many open files (limit {limit}; {which} ran out of file descriptors)"
-    return errno.errorcode.get(code, str(code)).lower().removeprefix("e") if code else "ok"
 
 
 class TcpProber:
@@ -72,7 +49,7 @@ class TcpProber:
         try:
             sock = _socket.socket(family, _SOCK_TYPE)
         except OSError as exc:
-            self._later(done, LOCAL_ERROR, 0.0, f"socket: {_describe(exc.errno or 0)}")
+            self._later(done, LOCAL_ERROR, 0.0, f"socket: {describe_errno(exc.errno or 0)}")
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         try:
@@ -87,10 +64,10 @@ class TcpProber:
         sock.close()
         if code == 0:  # loopback can complete at once
             self._later(done, OK, time.monotonic() - start, "")
-        elif code in _LOCAL_ERRNOS:
-            self._later(done, LOCAL_ERROR, 0.0, f"connect: {_describe(code)}")
+        elif code in LOCAL_ERRNOS:
+            self._later(done, LOCAL_ERROR, 0.0, f"connect: {describe_errno(code)}")
         else:
-            self._later(done, FAIL, time.monotonic() - start, _describe(code))
+            self._later(done, FAIL, time.monotonic() - start, describe_errno(code))
 
     def close(self) -> None:
         """Abandon every attempt in flight (their callbacks are not called)."""
@@ -133,10 +110,10 @@ class _Attempt:
         latency = self.finish()
         if code == 0:
             self.done(OK, latency, "")
-        elif code in _LOCAL_ERRNOS:
-            self.done(LOCAL_ERROR, latency, f"connect: {_describe(code)}")
+        elif code in LOCAL_ERRNOS:
+            self.done(LOCAL_ERROR, latency, f"connect: {describe_errno(code)}")
         else:
-            self.done(FAIL, latency, _describe(code))
+            self.done(FAIL, latency, describe_errno(code))
 
     def expire(self) -> None:
         """The deadline passed.  If the loop was late, the handshake may have completed (or failed)
@@ -155,9 +132,9 @@ class _Attempt:
         latency = self.finish()
         if connected:
             self.done(OK, latency, "")
-        elif code in _LOCAL_ERRNOS:
-            self.done(LOCAL_ERROR, latency, f"connect: {_describe(code)}")
+        elif code in LOCAL_ERRNOS:
+            self.done(LOCAL_ERROR, latency, f"connect: {describe_errno(code)}")
         elif code:
-            self.done(FAIL, latency, _describe(code))
+            self.done(FAIL, latency, describe_errno(code))
         else:
             self.done(FAIL, latency, "timeout")

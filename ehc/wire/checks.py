@@ -23,7 +23,28 @@ class Icmp(msgspec.Struct, tag="icmp", frozen=True, array_like=True):
     """ICMP echo: success on a matching echo reply."""
 
 
-Check = Tcp | Icmp
+class Http(msgspec.Struct, tag="http", frozen=True, array_like=True):
+    """HTTP GET ``path`` on ``port`` of the target's address: success on a status from 200 to 399.
+
+    ``host`` is the Host header ("" = the address and port); ``headers`` are sent as given, after
+    ehc's own (a header of the same name replaces ehc's)."""
+
+    port: int
+    path: str = "/"
+    https: bool = False
+    host: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Grpc(msgspec.Struct, tag="grpc", frozen=True, array_like=True):
+    """``grpc.health.v1.Health/Check`` for ``service`` ("" = the whole server) over plaintext HTTP/2:
+    success only on SERVING."""
+
+    port: int
+    service: str = ""
+
+
+Check = Tcp | Icmp | Http | Grpc
 
 KINDS: tuple[str, ...] = tuple(c.__struct_config__.tag for c in typing.get_args(Check))  # type: ignore[misc]
 """Every probe kind, in the order of the union."""
@@ -39,11 +60,16 @@ def port_of(check: Check) -> int:
 
 
 def describe(check: Check, ip: str) -> str:
-    """``tcp 10.0.0.7:8080``, ``icmp 10.0.0.7``, ``tcp [fd00::7]:8080``: for logs and messages."""
+    """``tcp 10.0.0.7:8080``, ``icmp 10.0.0.7``, ``tcp [fd00::7]:8080``, ``http 10.0.0.7:8080/healthz``,
+    ``https …``, ``grpc 10.0.0.7:9090 service "shop"``: for logs and messages."""
     port = port_of(check)
     if not port:
         return f"{kind_of(check)} {ip}"
     host = f"[{ip}]" if ":" in ip else ip
+    if isinstance(check, Http):
+        return f"{'https' if check.https else 'http'} {host}:{port}{check.path}"
+    if isinstance(check, Grpc) and check.service:
+        return f"grpc {host}:{port} service {check.service!r}"
     return f"{kind_of(check)} {host}:{port}"
 
 

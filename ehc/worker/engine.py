@@ -48,6 +48,7 @@ _MAX_SLOTS = 4096
 _CATCH_UP = 4
 """Most slots started in one go when the loop runs late."""
 _LOCAL_ERROR_LOG_EVERY = 5.0
+_MAX_SHAPES = 4096
 
 
 class _Target:
@@ -156,6 +157,8 @@ class Engine:
         if shape is None:
             if not spec.checks:
                 raise ValueError("no checks")
+            if len(self._shapes) >= _MAX_SHAPES:  # HTTP checks may carry a header or path per pod
+                self._shapes.clear()
             shape = self._shapes[spec.checks] = (spec.checks, target_kind(spec.checks))
         t = _Target(spec, *shape)
         self._targets[spec.key] = t

@@ -1,30 +1,47 @@
-"""Which pods ehc checks, and how: opt-in, eligibility, probe ports.
+"""Which pods ehc checks, and how: opt-in, eligibility, checks.
 
 A pod opts in with the annotation ``endpoint-health-checker.io/enabled: "true"`` (*annotation mode*:
 ehc sets Ready=False on failure and leaves recovery to the kubelet) or with the readiness gate
 ``endpointHealthCheckSuccess`` (*gate mode*: ehc owns that condition).  An annotation with any other
 value opts the pod out, even with the gate.  Only Running pods with an IP and no deletion timestamp
-are probed.  Ports come from the containers' readiness and liveness probes (tcpSocket, httpGet,
-grpc); a named port is resolved against the container's own ports, as the kubelet does.  Each port
-becomes a TCP check; a pod without one gets an ICMP check.  This is the one place that choice is
-made: everything downstream reads the checks.
+are probed.
+
+What is checked follows the annotation ``endpoint-health-checker.io/probe`` (else ehc's default):
+
+- ``tcp``: a TCP connect to every port of the containers' readiness and liveness probes (tcpSocket,
+  httpGet, grpc), named ports resolved against the container's own ports as the kubelet does; ICMP
+  for a pod without one.
+- ``readiness``: what each container's readiness probe declares, from outside: httpGet → HTTP GET,
+  grpc → gRPC health Check, tcpSocket → TCP connect.  A pod with no such probe (exec, or none) falls
+  back to ``tcp`` on its liveness ports, then ICMP, and says so.
+- ``icmp``: ICMP echo only.
+
+The probe's own period, timeout and thresholds are not used: they are tuned for the kubelet's job
+(restart or unready a container at leisure), ehc keeps its own to find a dead endpoint in seconds.
+This is the one place these choices are made: everything downstream reads the checks.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 
-from ehc.kube.model import ANNOTATION, GATE, Container, Pod, Probe
-from ehc.wire.checks import Check, Icmp, Tcp, port_of, target_kind
+from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION, Container, Pod, Probe
+from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, port_of, target_kind
 from ehc.wire.messages import Health, Target
 
 
 class Mode(Enum):
     ANNOTATION = "annotation"
     GATE = "gate"
+
+
+PROBES = ("tcp", "readiness", "icmp")
+"""The values of the probe annotation and of ehc's default probe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +109,20 @@ def opt_in_mode(pod: Pod) -> tuple[Mode | None, str]:
     return None, ""
 
 
-def probe_ports(pod: Pod) -> tuple[tuple[int, ...], list[str]]:
-    """Ports of the readiness/liveness probes, deduplicated and sorted, and what is wrong with the others."""
+def probe_ports(
+    pod: Pod, which: tuple[str, ...] = ("readiness", "liveness")
+) -> tuple[tuple[int, ...], list[str]]:
+    """Ports of the containers' probes, deduplicated and sorted, and what is wrong with the others."""
     ports: set[int] = set()
     problems: list[str] = []
     for container in pod.spec.containers:
-        for which, probe in (("readiness", container.readinessProbe), ("liveness", container.livenessProbe)):
+        for kind in which:
+            probe: Probe | None = getattr(container, f"{kind}Probe")
             for port in _probe_ports(probe):
                 resolved, why = _resolve(container, port)
                 if resolved is None:
                     problems.append(
-                        f"container {container.name!r} {which} probe port {port!r} {why}; that port is not checked"
+                        f"container {container.name!r} {kind} probe port {port!r} {why}; that port is not checked"
                     )
                 else:
                     ports.add(resolved)
@@ -129,6 +149,78 @@ def _resolve(container: Container, port: int | str) -> tuple[int | None, str]:
     return None, "does not name a TCP port of the container"
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP header name (RFC 9110 token)."""
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What may not appear in an HTTP header value (CR and LF would end the header)."""
+
+
+def readiness_checks(pod: Pod) -> tuple[list[Check], list[str]]:
+    """The checks the containers' readiness probes declare, and what is wrong with the others."""
+    checks: list[Check] = []
+    problems: list[str] = []
+    for container in pod.spec.containers:
+        probe = container.readinessProbe
+        if probe is None:
+            continue
+        where = f"container {container.name!r} readiness probe"
+        if probe.httpGet is not None:
+            action = probe.httpGet
+            port, why = _resolve(container, action.port)
+            scheme = (action.scheme or "HTTP").lower()
+            if port is None:
+                problems.append(f"{where} port {action.port!r} {why}; it is not checked")
+            elif scheme not in ("http", "https"):
+                problems.append(f"{where} scheme {action.scheme!r} is not HTTP or HTTPS; it is not checked")
+            else:
+                checks.append(
+                    _http(action.path, port, scheme, action.host, action.httpHeaders, where, problems)
+                )
+        elif probe.grpc is not None:
+            port, why = _resolve(container, probe.grpc.port)
+            if port is None or not isinstance(probe.grpc.port, int):
+                why = why or "is not a number (a grpc probe port must be)"
+                problems.append(f"{where} port {probe.grpc.port!r} {why}; it is not checked")
+            else:
+                checks.append(Grpc(port, probe.grpc.service or ""))
+        elif probe.tcpSocket is not None:
+            port, why = _resolve(container, probe.tcpSocket.port)
+            if port is None:
+                problems.append(f"{where} port {probe.tcpSocket.port!r} {why}; it is not checked")
+            else:
+                checks.append(Tcp(port))
+    return checks, problems
+
+
+def _http(
+    path: str | None,
+    port: int,
+    scheme: str,
+    host: str | None,
+    headers: list | None,
+    where: str,
+    problems: list[str],
+) -> Http:
+    """An HTTP check as the kubelet would make it: a ``Host`` header sets the host, path made absolute
+    and escaped; a header that could not be sent as given is left out and reported."""
+    path = path or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    path = urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._#").partition("#")[0]
+    kept: list[tuple[str, str]] = []
+    for header in headers or ():
+        if not _TOKEN.fullmatch(header.name) or _BAD_VALUE.search(header.value):
+            problems.append(f"{where} header {header.name!r} is not a valid HTTP header; it is not sent")
+        elif header.name.lower() == "host":
+            host = header.value
+        else:
+            kept.append((header.name, header.value))
+    if host and (_BAD_VALUE.search(host) or " " in host):
+        problems.append(f"{where} host {host!r} is not a valid Host header; the address is sent instead")
+        host = ""
+    return Http(port, path, scheme == "https", host or "", tuple(kept))
+
+
 def pod_ip(pod: Pod) -> str | None:
     if pod.status.podIP:
         return pod.status.podIP
@@ -148,8 +240,8 @@ def _address(text: str) -> tuple[str | None, str]:
     return str(ip), ""
 
 
-def select(pod: Pod) -> Selection:
-    """Decide whether and how ``pod`` is probed."""
+def select(pod: Pod, default_probe: str = "tcp") -> Selection:
+    """Decide whether and how ``pod`` is probed; ``default_probe`` is for pods without the probe annotation."""
     mode, why = opt_in_mode(pod)
     if mode is None:
         worth_an_event = "cannot become Ready" in why or "is not checked" in why
@@ -165,20 +257,57 @@ def select(pod: Pod) -> Selection:
     if address is None:
         problem = f"pod IP {ip!r} {why}; the pod is not probed"
         return Selection(None, problem, (problem,))
-    ports, problems = probe_ports(pod)
+    checks, problems = checks_for(pod, default_probe)
     m = pod.metadata
     # Namespaces and node names repeat across thousands of pods: one string each, not one per pod.
     namespace, node = sys.intern(m.namespace), sys.intern(pod.spec.nodeName or "")
-    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, address, _checks(ports), mode)
+    target = PodTarget(f"{namespace}/{m.name}", namespace, m.uid, node, address, checks, mode)
     return Selection(target, "", tuple(problems))
 
 
-_CHECKS: dict[tuple[int, ...], tuple[Check, ...]] = {}
+def checks_for(pod: Pod, default_probe: str = "tcp") -> tuple[tuple[Check, ...], list[str]]:
+    """What to check on ``pod`` under its probe annotation (else ``default_probe``), and what is wrong."""
+    problems: list[str] = []
+    probe = pod.metadata.annotations.get(PROBE_ANNOTATION, default_probe)
+    if probe not in PROBES:
+        problems.append(
+            f"annotation {PROBE_ANNOTATION}={probe!r} is not one of {', '.join(PROBES)}; "
+            f"the pod is probed with the default, {default_probe!r}"
+        )
+        probe = default_probe
+    if probe == "icmp":
+        return _shared((Icmp(),)), problems
+    if probe == "readiness":
+        checks, more = readiness_checks(pod)
+        problems += more
+        if checks:
+            return _shared(tuple(sorted(set(checks), key=_order))), problems
+        ports, more = probe_ports(pod, ("liveness",))
+        problems += more
+        fallback = f"TCP on its liveness probe ports {', '.join(map(str, ports))}" if ports else "ICMP echo"
+        problems.append(
+            f"annotation {PROBE_ANNOTATION}={probe!r} but no container has a readiness probe ehc can run "
+            f"from outside (httpGet, grpc or tcpSocket; exec runs inside the container): probed with {fallback}"
+        )
+        return _shared(tuple(Tcp(p) for p in ports) or (Icmp(),)), problems
+    ports, more = probe_ports(pod)
+    return _shared(tuple(Tcp(p) for p in ports) or (Icmp(),)), problems + more
 
 
-def _checks(ports: tuple[int, ...]) -> tuple[Check, ...]:
-    """A TCP check per port, or ICMP without ports; one shared tuple per port combination."""
-    checks = _CHECKS.get(ports)
-    if checks is None:
-        checks = _CHECKS[ports] = tuple(Tcp(p) for p in ports) or (Icmp(),)
-    return checks
+def _order(check: Check) -> tuple[str, int, str]:
+    return (type(check).__name__, port_of(check), repr(check))
+
+
+_SHARED: dict[tuple[Check, ...], tuple[Check, ...]] = {}
+_SHARED_MAX = 4096
+"""Bound on the shared tuples: pods with a header or path of their own would otherwise grow it forever."""
+
+
+def _shared(checks: tuple[Check, ...]) -> tuple[Check, ...]:
+    """One tuple per distinct set of checks: tens of thousands of pods share a few."""
+    found = _SHARED.get(checks)
+    if found is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        found = _SHARED[checks] = checks
+    return found

@@ -51,12 +51,14 @@ class PodSource:
         cancel: Callable[[str], None],
         settled: Callable[[str], bool],
         events: EventRecorder,
+        default_probe: str = "tcp",
     ) -> None:
         self._sink = sink
         self._submit = submit
         self._cancel = cancel
         self._settled = settled
         self._events = events
+        self._default_probe = default_probe
         self._pods: dict[str, _Pod] = {}
         self._warned: dict[str, tuple[str, ...]] = {}  # problems (and opt-outs) already reported, per pod
 
@@ -80,7 +82,7 @@ class PodSource:
             self._update(pod)
 
     def _update(self, pod: Pod) -> None:
-        sel = select(pod)
+        sel = select(pod, self._default_probe)
         self._report(pod, sel.problems, sel.skipped)
         target = sel.target
         if target is None:
