@@ -5,8 +5,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 EHC = [sys.executable, "-m", "ehc"]
 
@@ -68,6 +74,11 @@ def test_bracketed_ipv6_port(closed_port: int) -> None:
         (["probe", "--retry-count", "99999999", "127.0.0.1"], "expected a whole number >= 0 and <= 100"),
         (["probe", "127.0.0.1:８０"], "port '８０' is not a number from 1 to 65535"),
         (["probe"], "the following arguments are required: TARGET"),
+        (["probe", "ftp://127.0.0.1/"], "scheme 'ftp' is not one of http, https, grpc"),
+        (["probe", "http://localhost:80/"], "'localhost' is not an IPv4 or IPv6 address"),
+        (["probe", "http://127.0.0.1:99999/"], "Port out of range"),
+        (["probe", "grpc://127.0.0.1/"], "a grpc:// target needs a port"),
+        (["probe", "http://[::1/"], "Invalid IPv6 URL"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(args: list[str], message: str) -> None:
@@ -112,3 +123,53 @@ def test_an_ipv6_address_that_looks_like_a_port_gets_a_hint() -> None:
 def test_sim_refuses_a_fleet_it_cannot_be(args: list[str], message: str) -> None:
     r = ehc(*args)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Answers GET /<status> with that status."""
+
+    def do_GET(self) -> None:
+        self.send_response(int(self.path.strip("/") or 200))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def grpc_port() -> Iterator[int]:
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    servicer.set("shop.Cart", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    server.stop(0)
+
+
+def test_http_and_grpc_urls(http_port: int, grpc_port: int) -> None:
+    r = ehc("probe", f"http://127.0.0.1:{http_port}/204", f"grpc://127.0.0.1:{grpc_port}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line.split()[1:3] for line in r.stdout.splitlines()] == [["healthy", "http"], ["healthy", "grpc"]]
+    r = ehc(
+        "probe",
+        "--retry-count",
+        "1",
+        f"http://127.0.0.1:{http_port}/503",
+        f"grpc://127.0.0.1:{grpc_port}/shop.Cart",
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    http_line, grpc_line = r.stdout.splitlines()
+    assert "unhealthy  http  HTTP 503 Service Unavailable (2 attempts failed)" in http_line
+    assert "unhealthy  grpc  health status NOT_SERVING (2 attempts failed)" in grpc_line

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from helpers import until
 
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Done
-from ehc.wire.checks import Check, Icmp, Tcp
+from ehc.wire.checks import Check, Http, Icmp, Tcp
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.engine import Engine
@@ -233,6 +235,51 @@ async def test_every_port_must_answer(listener: socket.socket, closed_port: int)
         Target("x", "127.0.0.1", (Tcp(listener.getsockname()[1]), Tcp(closed_port)), Health.HEALTHY)
     )
     assert (tr.health, tr.port, tr.detail) == (Health.UNHEALTHY, closed_port, "connrefused")
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers GET with the next status of the server's script (then 200 for ever)."""
+
+    def do_GET(self) -> None:
+        script: list[int] = self.server.script  # type: ignore[attr-defined]
+        self.send_response(script.pop(0) if script else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted_http() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+async def test_an_explicit_no_needs_the_same_confirmations_as_silence(
+    scripted_http: ThreadingHTTPServer,
+) -> None:
+    """The policy (README, "Which probe"): one 503 is a blip (a reload, a shed request), as one lost
+    packet is; only 1 + retry_count in a row eject, and they come back fast, so it costs little time."""
+    port = scripted_http.server_address[1]
+    loop = asyncio.get_running_loop()
+    transitions: list[Transition] = []
+    engine = Engine(loop, FAST, transitions.append)
+    engine.start()
+    scripted_http.script = [503]  # type: ignore[attr-defined]
+    engine.upsert(Target("blip", "127.0.0.1", (Http(port, "/"),), Health.HEALTHY), immediate=True)
+    await until(lambda: not scripted_http.script, "the one 503 to be served")  # type: ignore[attr-defined]
+    await asyncio.sleep(3 * FAST.interval)  # its confirmations and a few regular probes: all 200
+    assert transitions == [] and engine.suspects == 0
+    scripted_http.script = [503] * 1000  # type: ignore[attr-defined]
+    await until(lambda: bool(transitions), "the flip")
+    tr = transitions[0]
+    assert (tr.health, tr.kind, tr.attempts) == (Health.UNHEALTHY, "http", 1 + FAST.retry_count)
+    assert tr.detail == "HTTP 503 Service Unavailable"
+    engine.close()
 
 
 async def test_real_icmp_to_loopback_is_healthy() -> None:

@@ -55,6 +55,10 @@ def test_flag_wins_over_env() -> None:
         ({"EHC_WORKERS": "0"}, "EHC_WORKERS='0' is invalid: expected a whole number >= 1"),
         ({"EHC_FAILSAFE_SHARE": "1.5"}, "EHC_FAILSAFE_SHARE='1.5' is invalid"),
         ({"EHC_LOG_FORMAT": "xml"}, "expected one of text, json"),
+        (
+            {"EHC_DEFAULT_PROBE": "http"},
+            "EHC_DEFAULT_PROBE='http' is invalid: expected one of tcp, readiness, icmp",
+        ),
         ({"RENEW_DEADLINE": "5s"}, "RENEW_DEADLINE (5s) < LEASE_DURATION (4s) must hold"),
         ({"EHC_METRICS_ADDRESS": "localhost"}, "EHC_METRICS_ADDRESS='localhost' is invalid"),
         ({"EHC_METRICS_ADDRESS": ":99999"}, "port from 1 to 65535"),
@@ -102,8 +106,10 @@ def test_metrics_addresses_that_are_fine(address: str) -> None:
 
 def test_settings_are_read_once_and_trimmed() -> None:
     # A stray space is what a hand-edited manifest carries; it must not reach the workers unparsed.
-    s = load(None, env={"EHC_LOG_LEVEL": " debug", "EHC_LOG_FORMAT": "JSON "})
-    assert (s.log_level, s.log_format) == ("debug", "json")
+    s = load(
+        None, env={"EHC_LOG_LEVEL": " debug", "EHC_LOG_FORMAT": "JSON ", "EHC_DEFAULT_PROBE": "Readiness"}
+    )
+    assert (s.log_level, s.log_format, s.default_probe) == ("debug", "json", "readiness")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 from ehc.kube.model import Pod
 from ehc.sources.pods import Mode, current_health, select
+from ehc.wire.checks import Grpc, Http, Icmp, Tcp
 from ehc.wire.messages import Health
 
 
@@ -22,10 +23,13 @@ def pod(
     deleting: bool = False,
     conditions: list[dict[str, str]] | None = None,
     ips: list[str] | None = None,
+    probe_annotation: str | None = None,
 ) -> Pod:
-    meta: dict[str, Any] = {"name": "web-0", "namespace": "shop", "uid": "u-1"}
+    meta: dict[str, Any] = {"name": "web-0", "namespace": "shop", "uid": "u-1", "annotations": {}}
     if annotation is not None:
-        meta["annotations"] = {"endpoint-health-checker.io/enabled": annotation}
+        meta["annotations"]["endpoint-health-checker.io/enabled"] = annotation
+    if probe_annotation is not None:
+        meta["annotations"]["endpoint-health-checker.io/probe"] = probe_annotation
     if deleting:
         meta["deletionTimestamp"] = "2026-11-21T00:00:00Z"
     spec: dict[str, Any] = {"nodeName": "node-a", "containers": containers or [{"name": "app"}]}
@@ -159,3 +163,108 @@ def test_an_annotation_that_means_true_to_a_person_is_a_problem_worth_an_event(v
 )
 def test_current_health_from_conditions(mode: Mode, conditions: list[dict[str, str]], health: Health) -> None:
     assert current_health({c["type"]: c["status"] for c in conditions}, mode) == health
+
+
+# ---- what is checked: the probe annotation and the default ----------------------------------------
+
+WEB = {
+    "name": "web",
+    "ports": [{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9901}],
+    "readinessProbe": {
+        "httpGet": {
+            "path": "healthz?deep=1",
+            "port": "http",
+            "scheme": "HTTPS",
+            "httpHeaders": [{"name": "Host", "value": "shop.example"}, {"name": "X-Probe", "value": "ehc"}],
+        }
+    },
+    "livenessProbe": {"tcpSocket": {"port": "admin"}},
+}
+API = {"name": "api", "readinessProbe": {"grpc": {"port": 9090, "service": "shop.Cart"}}}
+DB = {"name": "db", "readinessProbe": {"tcpSocket": {"port": 5432}}}
+EXEC = {
+    "name": "job",
+    "readinessProbe": {"exec": {"command": ["true"]}},
+    "livenessProbe": probe("tcpSocket", 7000),
+}
+
+
+def test_readiness_checks_what_each_readiness_probe_declares() -> None:
+    sel = select(pod(containers=[WEB, API, DB], probe_annotation="readiness"))
+    assert sel.target is not None and sel.problems == ()
+    assert set(sel.target.checks) == {
+        Http(8080, "/healthz?deep=1", https=True, host="shop.example", headers=(("X-Probe", "ehc"),)),
+        Grpc(9090, "shop.Cart"),
+        Tcp(5432),
+    }  # the liveness port 9901 is not checked: readiness is what the pod's own Ready follows
+
+
+def test_tcp_is_the_default_and_connects_to_every_probe_port() -> None:
+    for probe_annotation in (None, "tcp"):
+        sel = select(pod(containers=[WEB, API, DB], probe_annotation=probe_annotation))
+        assert sel.target is not None and sel.target.checks == (Tcp(5432), Tcp(8080), Tcp(9090), Tcp(9901))
+
+
+def test_the_default_probe_applies_only_without_the_annotation() -> None:
+    assert select(pod(containers=[API]), "readiness").target.checks == (Grpc(9090, "shop.Cart"),)  # type: ignore[union-attr]
+    assert select(pod(containers=[API], probe_annotation="tcp"), "readiness").target.checks == (Tcp(9090),)  # type: ignore[union-attr]
+    assert select(pod(containers=[API]), "icmp").target.checks == (Icmp(),)  # type: ignore[union-attr]
+
+
+def test_icmp_pings_even_a_pod_with_ports() -> None:
+    assert select(pod(containers=[WEB], probe_annotation="icmp")).target.checks == (Icmp(),)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("containers", "checks", "said"), [
+    ([EXEC], (Tcp(7000),), "probed with TCP on its liveness probe ports 7000"),
+    ([{"name": "app"}], (Icmp(),), "probed with ICMP echo"),
+])  # fmt: skip
+def test_readiness_without_a_probe_ehc_can_run_falls_back_and_says_so(
+    containers: list[dict[str, Any]], checks: tuple[Any, ...], said: str
+) -> None:
+    sel = select(pod(containers=containers, probe_annotation="readiness"))
+    assert sel.target is not None and sel.target.checks == checks
+    assert (
+        len(sel.problems) == 1
+        and said in sel.problems[0]
+        and "exec runs inside the container" in sel.problems[0]
+    )
+
+
+def test_an_unknown_probe_value_is_a_problem_and_the_default_is_used() -> None:
+    sel = select(pod(containers=[DB], probe_annotation="HTTP"), "readiness")
+    assert sel.target is not None and sel.target.checks == (Tcp(5432),)
+    assert sel.problems == (
+        "annotation endpoint-health-checker.io/probe='HTTP' is not one of tcp, readiness, icmp; "
+        "the pod is probed with the default, 'readiness'",
+    )
+
+
+def test_readiness_probe_problems_name_the_container_and_leave_the_rest_checked() -> None:
+    bad = [
+        {"name": "a", "readinessProbe": {"httpGet": {"port": "nope", "path": "/"}}},
+        {"name": "b", "readinessProbe": {"grpc": {"port": "grpc"}}},
+        {
+            "name": "c",
+            "readinessProbe": {
+                "httpGet": {"port": 80, "httpHeaders": [{"name": "X-A", "value": "1\r\nX-B: 2"}]}
+            },
+        },
+        {"name": "d", "readinessProbe": {"httpGet": {"port": 81, "scheme": "FTP"}}},
+    ]
+    sel = select(pod(containers=bad, probe_annotation="readiness"))
+    assert sel.target is not None and sel.target.checks == (Http(80, "/"),)  # the header is dropped, not sent
+    assert [p.split(" readiness probe")[0] for p in sel.problems] == [
+        "container 'a'",
+        "container 'b'",
+        "container 'c'",
+        "container 'd'",
+    ]
+    assert "does not name a TCP port" in sel.problems[0] and "not a number" in sel.problems[1]
+    assert "not a valid HTTP header" in sel.problems[2] and "not HTTP or HTTPS" in sel.problems[3]
+
+
+def test_an_http_path_is_made_absolute_and_escaped_as_the_kubelet_would_send_it() -> None:
+    c = {"name": "a", "readinessProbe": {"httpGet": {"port": 80, "path": "ready now/ü"}}}
+    sel = select(pod(containers=[c], probe_annotation="readiness"))
+    assert sel.target is not None and sel.target.checks == (Http(80, "/ready%20now/%C3%BC"),)

@@ -14,13 +14,14 @@ import ipaddress
 import signal
 import sys
 import time
+import urllib.parse
 
 import uvloop
 
 from ehc.cli import argtypes
 from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import MAX_RETRY_COUNT
-from ehc.wire.checks import Check, Icmp, Tcp, kind_of, target_kind
+from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, kind_of, target_kind
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings, format_duration
 from ehc.worker.engine import Engine
@@ -30,7 +31,10 @@ _DEFAULTS = ProbeSettings()
 
 
 def parse_target(text: str) -> Target:
-    """``ip`` (ICMP), ``ip:port`` or ``[v6]:port`` (TCP); a bare IPv6 address means ICMP."""
+    """``ip`` (ICMP), ``ip:port`` or ``[v6]:port`` (TCP), a bare IPv6 address meaning ICMP; or a URL:
+    ``http://IP[:PORT]/path``, ``https://…`` (HTTP GET) or ``grpc://IP:PORT[/service]`` (gRPC health)."""
+    if "://" in text:
+        return _parse_url(text)
     host, port_text = text, ""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -52,6 +56,41 @@ def parse_target(text: str) -> Target:
         if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ValueError(f"target {text!r}: port {port_text!r} is not a number from 1 to 65535")
         check = Tcp(int(port_text))
+    return Target(key=text, ip=str(ip), checks=(check,))
+
+
+_URL_SCHEMES = ("http", "https", "grpc")
+
+
+def _parse_url(text: str) -> Target:
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"target {text!r}: {exc}") from None
+    if url.scheme not in _URL_SCHEMES:
+        raise ValueError(f"target {text!r}: scheme {url.scheme!r} is not one of {', '.join(_URL_SCHEMES)}")
+    if url.username is not None or url.fragment:
+        raise ValueError(f"target {text!r}: a probe URL has no user or #fragment")
+    try:
+        ip = ipaddress.ip_address(url.hostname or "")
+    except ValueError:
+        raise ValueError(f"target {text!r}: {url.hostname or ''!r} is not an IPv4 or IPv6 address") from None
+    if port == 0:
+        raise ValueError(f"target {text!r}: port 0 is not a number from 1 to 65535")
+    check: Check
+    if url.scheme == "grpc":
+        if port is None:
+            raise ValueError(f"target {text!r}: a grpc:// target needs a port")
+        if url.query:
+            raise ValueError(f"target {text!r}: a grpc:// target has no ?query; the path is the service")
+        check = Grpc(port, urllib.parse.unquote(url.path.removeprefix("/")))
+    else:
+        https = url.scheme == "https"
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        check = Http(
+            port or (443 if https else 80), urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._"), https
+        )
     return Target(key=text, ip=str(ip), checks=(check,))
 
 
@@ -80,8 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="probe endpoints once with the real engine and print their health",
         description=(
             "Probe each TARGET once with ehc's engine and retry policy. TARGET is IP (ICMP echo), "
-            "IP:PORT or [IPv6]:PORT (TCP connect). Exit status: 0 all healthy, 1 any unhealthy, "
-            "2 bad arguments."
+            "IP:PORT or [IPv6]:PORT (TCP connect), http://IP[:PORT]/PATH or https://... (HTTP GET: "
+            "healthy on 200-399; the certificate is not verified) or grpc://IP:PORT[/SERVICE] (gRPC "
+            "health Check: healthy on SERVING). Exit status: 0 all healthy, 1 any unhealthy, 2 bad "
+            "arguments."
         ),
     )
     p.add_argument("targets", nargs="+", type=_target_arg, metavar="TARGET")

@@ -73,9 +73,10 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
         await api.close()
         return 2
     log.info(
-        "ehc starting as %s: interval %ss, timeout %ss, retry count %d, %d worker(s), lease %s/%s",
-        settings.identity, settings.interval, settings.timeout, settings.retry_count, settings.workers,
-        settings.namespace, settings.lease_name,
+        "ehc starting as %s: interval %ss, timeout %ss, retry count %d, default probe %s, %d worker(s), "
+        "lease %s/%s",
+        settings.identity, settings.interval, settings.timeout, settings.retry_count, settings.default_probe,
+        settings.workers, settings.namespace, settings.lease_name,
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(controller.run())

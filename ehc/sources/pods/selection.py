@@ -177,10 +177,12 @@ def readiness_checks(pod: Pod) -> tuple[list[Check], list[str]]:
                     _http(action.path, port, scheme, action.host, action.httpHeaders, where, problems)
                 )
         elif probe.grpc is not None:
-            port, why = _resolve(container, probe.grpc.port)
-            if port is None or not isinstance(probe.grpc.port, int):
-                why = why or "is not a number (a grpc probe port must be)"
-                problems.append(f"{where} port {probe.grpc.port!r} {why}; it is not checked")
+            given = probe.grpc.port
+            port, why = _resolve(container, given) if isinstance(given, int) else (None, "is not a number")
+            if port is None:
+                problems.append(
+                    f"{where} port {given!r} {why} (a grpc probe's port must be one); it is not checked"
+                )
             else:
                 checks.append(Grpc(port, probe.grpc.service or ""))
         elif probe.tcpSocket is not None:
