@@ -160,7 +160,7 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
     values = {
         "profile": "tolerant",
         "settings": {"timeout": "750ms", "retryCount": 0, "failsafeShare": 0.3, "patchQps": 12.5,
-                     "logLevel": "debug", "logFormat": "text", "failsafeMinTargets": 0},
+                     "logLevel": "debug", "logFormat": "text", "failsafeMinTargets": 0, "defaultProbe": "readiness"},
         "leaderElection": {"leaseName": "ehc-lock", "leaseDuration": "10s", "renewDeadline": "6s",
                            "retryPeriod": "2s"},
         "metrics": {"port": 8080, "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prom"}}},
@@ -180,6 +180,7 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
     assert env["HEALTH_CHECK_TIMEOUT"] == "750ms"  # explicit
     assert env["HEALTH_CHECK_RETRY_COUNT"] == "0"  # explicit zero is not "unset"
     assert env["EHC_RECOVERY_THRESHOLD"] == "3"
+    assert env["EHC_DEFAULT_PROBE"] == "readiness"
     assert env["TZ"] == "UTC"
     s = ehc_accepts(env)
     assert (s.failsafe_share, s.patch_qps, s.log_level, s.log_format, s.failsafe_min_targets) == (
@@ -242,6 +243,7 @@ def test_image_digest_and_disabled_parts() -> None:
         ({"settings": {"retryCount": -1}}, "/settings/retryCount"),
         ({"settings": {"failsafeShare": 1.5}}, "/settings/failsafeShare"),
         ({"settings": {"logLevel": "verbose"}}, "/settings/logLevel"),
+        ({"settings": {"defaultProbe": "http"}}, "/settings/defaultProbe"),
         ({"leaderElection": {"leaseDuration": 4}}, "/leaderElection/leaseDuration"),
         ({"hostNetwork": "yes"}, "/hostNetwork"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
