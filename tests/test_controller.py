@@ -120,3 +120,41 @@ async def test_a_leader_that_cannot_run_its_workers_gives_the_lease_up(
         and re.search(r"exited with code -?\d+ 3 times before it was ready", said[0])
         and "giving lease" in said[0]
     )
+
+
+async def test_readiness_mode_ejects_pods_whose_app_says_no_while_their_ports_accept() -> None:
+    """Pods whose HTTP endpoint answers 503 or whose gRPC health says NOT_SERVING, ports still open:
+    only those in readiness mode are ejected; their twins in tcp mode stay in, as a connect succeeds.
+    The fleet's servers are aiohttp and grpcio's own health servicer, in their own process."""
+    env = {"POD_NAME": "ehc-readiness", "POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": ""}
+    async with SimCluster(
+        nodes=2, pods_per_node=8, netns=False, kubelet_delay=None, readiness_every=2,
+        styles={"annotation": 1, "gate": 1}, templates={"http": 1, "grpc": 1, "tcp-number": 1},
+    ) as sim:  # fmt: skip
+        fleet, api = sim.fleet, sim.api
+        targets = fleet.targets()
+        web = next(p for p in targets if p.readiness and p.template == "http")
+        rpc = next(p for p in targets if p.readiness and p.template == "grpc")
+        twins = [p for p in targets if not p.readiness and p.template in ("http", "grpc")]
+        assert twins, "the fleet has tcp-mode pods serving HTTP or gRPC"
+        client = await make_api_client(sim.kubeconfig)
+        controller = Controller(load(None, env=env), client)
+        task = asyncio.create_task(controller.run())
+        try:
+            gate_pods = [p for p in targets if p.style == "gate"]
+            await until(conditions_are(api, gate_pods, "True"), "every gate pod's first value")
+            kinds = {key: t.kind for key, t in ((k, r.target) for k, r in controller.pods._pods.items())}
+            assert kinds[f"{web.namespace}/{web.name}"] == "http"
+            assert kinds[f"{rpc.namespace}/{rpc.name}"] == "grpc"
+            for pod in (web, rpc, *twins):
+                fleet.set_app_health(pod, False)
+            await until(lambda: {web.key, rpc.key} <= api.write_log.first_taken_out().keys(), "the ejections")
+            await asyncio.sleep(1.5)  # a few more intervals: nothing else goes
+            assert api.write_log.first_taken_out().keys() == {web.key, rpc.key}
+            said = {e.name: e.body for e in api.write_log.select(resource="pods", subresource="status", ok=True)
+                    if e.name in (web.name, rpc.name) and "False" in str(e.body)}  # fmt: skip
+            assert "HTTP 503" in str(said[web.name]) and "health status NOT_SERVING" in str(said[rpc.name])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()

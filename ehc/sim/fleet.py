@@ -7,6 +7,12 @@ network namespace the whole ``fd00:e4c::/48`` is routed locally, so every pod ad
 the kernel and one dual-stack wildcard listener per port number serves all pods; nftables rules there
 make nodes and pods fail. Without root there is no namespace: pods get per-address listeners in the
 current namespace, IPv6 pods become IPv4, and the only injectable failure is a closed listener.
+
+Application health: when the fleet has pods annotated ``endpoint-health-checker.io/probe: readiness``
+(``FleetSpec.readiness_every``), a second process (``ehc.sim.appserver``) serves the HTTP and gRPC probe
+ports (8080 and 9100, 9090) of every pod with real servers (aiohttp; grpcio's health servicer), and
+``Fleet.set_app_health`` makes one pod's application unhealthy (HTTP 503, gRPC NOT_SERVING) while its
+ports keep accepting connections. Without such pods those ports are plain TCP listeners, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ehc.kube.model import ANNOTATION, GATE
+from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION
 from ehc.sim import netns as netns_mod
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.nft import Nft
@@ -115,6 +121,26 @@ TEMPLATES: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
 PROBE_PORTS = tuple(sorted({p for _, ports in TEMPLATES.values() for p in ports}))
 
 
+def _ports_of(kind: str) -> tuple[int, ...]:
+    """The port numbers the templates' probes of ``kind`` (httpGet, grpc) use, named ports resolved."""
+    found: set[int] = set()
+    for containers, _ in TEMPLATES.values():
+        for c in containers:
+            named = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            for probe in ("readinessProbe", "livenessProbe"):
+                port = c.get(probe, {}).get(kind, {}).get("port")
+                if port is not None:
+                    found.add(named[port] if isinstance(port, str) else port)
+    return tuple(sorted(found))
+
+
+HTTP_PORTS = _ports_of("httpGet")
+"""Ports the application process serves with HTTP (every pod's, when it runs)."""
+GRPC_PORTS = _ports_of("grpc")
+"""Ports the application process serves with gRPC health."""
+APP_PORTS = frozenset(HTTP_PORTS + GRPC_PORTS)
+
+
 @dataclass
 class FleetSpec:
     """What to build. Weights pick each pod's opt-in style and probe template (deterministic by seed)."""
@@ -137,6 +163,13 @@ class FleetSpec:
     )
     ipv6_every: int = 25  # every Nth pod is single-stack IPv6 (0: none)
     seed: int = 1
+    # Every Nth opted-in pod carries endpoint-health-checker.io/probe: readiness (0: none), and then
+    # the fleet's HTTP and gRPC ports answer with real servers (see the module docstring).
+    readiness_every: int = 0
+    # Serve HTTP and gRPC even without readiness-mode pods (e.g. for ehc's default probe set to
+    # readiness); None: only when there are some. Costs a process and, for clients that close
+    # connections normally instead of resetting them, the servers' CPU on every TCP probe.
+    app_servers: bool | None = None
 
 
 @dataclass
@@ -151,10 +184,26 @@ class SimPod:
     style: str  # annotation | gate | none | annotation-off
     template: str
     ports: tuple[int, ...]  # resolved probe ports; empty -> ICMP
+    probe: str = ""  # its endpoint-health-checker.io/probe annotation ("readiness"); "": none (ehc's default)
 
     @property
     def opted_in(self) -> bool:
         return self.style in ("annotation", "gate")
+
+    @property
+    def readiness(self) -> bool:
+        """Whether ehc should check it the way its readiness probe declares (HTTP GET, gRPC, TCP)."""
+        return self.probe == "readiness"
+
+    @property
+    def app_checked(self) -> bool:
+        """Whether its own kubelet's readiness probe asks the application (httpGet or grpc), so that an
+        unhealthy application makes it unready although its ports accept connections."""
+        return any(
+            "httpGet" in probe or "grpc" in probe
+            for c in TEMPLATES[self.template][0]
+            if (probe := c.get("readinessProbe"))
+        )
 
     @property
     def ipv6(self) -> bool:
@@ -190,7 +239,7 @@ def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
     styles, sw = list(spec.styles), list(spec.styles.values())
     temps, tw = list(spec.templates), list(spec.templates.values())
     pods = []
-    k = 0
+    k = opted = 0
     for i in range(spec.nodes):
         for j in range(spec.pods_per_node):
             template = rng.choices(temps, tw)[0]
@@ -200,6 +249,11 @@ def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
             else:
                 ip = str(ipaddress.IPv4Address(_BASE4 + i * BLOCK + j + 2))
             ns = spec.namespaces[k % len(spec.namespaces)]
+            probe = ""
+            if style in ("annotation", "gate"):
+                if spec.readiness_every and opted % spec.readiness_every == spec.readiness_every - 1:
+                    probe = "readiness"
+                opted += 1
             pods.append(
                 SimPod(
                     f"{template}-{i:03d}-{j:04d}",
@@ -210,25 +264,36 @@ def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
                     style,
                     template,
                     TEMPLATES[template][1],
+                    probe,
                 )
             )
             k += 1
     return pods
 
 
+def _container(c: dict[str, Any], pod: SimPod) -> dict[str, Any]:
+    """A template container for ``pod``; its grpc probes ask for the service named after the pod, which
+    is how the application process tells the pods it serves on one wildcard port apart."""
+    out = {**c, "image": "registry.k8s.io/pause:3.9", "imagePullPolicy": "IfNotPresent"}
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = c.get(kind)
+        if probe and "grpc" in probe:
+            out[kind] = {**probe, "grpc": {**probe["grpc"], "service": pod.name}}
+    return out
+
+
 def pod_manifest(pod: SimPod) -> dict[str, Any]:
     """The Pod object the API server stores for ``pod``: Running, with IPs and conditions; Ready,
     except a gate pod, which waits for its gate condition."""
     ts = now_rfc3339()
-    containers = [
-        {**c, "image": "registry.k8s.io/pause:3.9", "imagePullPolicy": "IfNotPresent"}
-        for c in TEMPLATES[pod.template][0]
-    ]
+    containers = [_container(c, pod) for c in TEMPLATES[pod.template][0]]
     annotations: dict[str, str] = {}
     if pod.style == "annotation":
         annotations[ANNOTATION] = "true"
     elif pod.style == "annotation-off":
         annotations[ANNOTATION] = "false"
+    if pod.probe:
+        annotations[PROBE_ANNOTATION] = pod.probe
     spec: dict[str, Any] = {"nodeName": pod.node, "containers": containers, "restartPolicy": "Always"}
     conditions = [
         {
@@ -317,7 +382,8 @@ PodRef = SimPod | str | tuple[str, str]
 
 
 class Fleet:
-    """Owns the fleet's pods in the API server, the listener process and the failure rules."""
+    """Owns the fleet's pods in the API server, the listener and application processes and the failure
+    rules."""
 
     def __init__(self, api: ApiServer, spec: FleetSpec, netns: str | None, listeners: bool = True) -> None:
         self.api = api
@@ -332,17 +398,24 @@ class Fleet:
             self._by_name.setdefault(p.name, p)
         self._nft: Nft | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._app: subprocess.Popen[bytes] | None = None
+        wanted = spec.app_servers
+        self.app_servers = listeners and (any(p.readiness for p in self.pods) if wanted is None else wanted)
+        """Whether the HTTP and gRPC ports are served by real servers (the application process)."""
         self.down_nodes: set[str] = set()
         self.down_pods: set[tuple[str, str]] = set()
         self.closed_ports: set[tuple[tuple[str, str], int]] = set()
         self.loss: dict[str | None, int] = {}
+        self.sick_pods: set[tuple[str, str]] = set()  # applications answering 503 / NOT_SERVING
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """What can be injected here: drop (timeouts), reject (refused), loss, close (listener closed)."""
+        """What can be injected here: drop (timeouts), reject (refused), loss, close (listener closed),
+        app (application unhealthy behind open ports)."""
+        app = {"app"} if self.app_servers else set()
         if self.netns is not None:
-            return frozenset({"drop", "reject", "loss"})
-        return frozenset({"close"})
+            return frozenset({"drop", "reject", "loss", *app})
+        return frozenset({"close", *app})
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -362,34 +435,59 @@ class Fleet:
                 "ehc sim: no network namespace (not root or nft/ip missing): pods listen on per-address "
                 "sockets in this namespace; power-off and closed ports both close listeners (connects are "
                 "refused, never time out), pings are always answered, and packet loss is unavailable"
+                + (
+                    "; closing a gRPC port restarts the gRPC server on the others (their connections drop)"
+                    if self.app_servers
+                    else ""
+                )
             )
         if self.listeners:
             await asyncio.to_thread(self._start_listener)
 
     def _start_listener(self) -> None:
+        """Start the listener process and, when wanted, the application process (both at once: the
+        latter takes a moment to import its servers), and make every pod port answer."""
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        cmd = [sys.executable, "-m", "ehc.sim.listener"]
-        if self.netns is not None:
-            cmd = [*netns_mod.exec_prefix(self.netns), *cmd, "--wildcard", ",".join(map(str, PROBE_PORTS))]
+        prefix = netns_mod.exec_prefix(self.netns) if self.netns is not None else []
+        cmd = [*prefix, sys.executable, "-m", "ehc.sim.listener"]
+        tcp_ports = [p for p in PROBE_PORTS if not (self.app_servers and p in APP_PORTS)]
+        if self.netns is not None and tcp_ports:
+            cmd += ["--wildcard", ",".join(map(str, tcp_ports))]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        assert self._proc.stdout is not None
-        if self._proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("listener process failed to start")
+        if self.app_servers:
+            app = [*prefix, sys.executable, "-m", "ehc.sim.appserver"]
+            app += ["--http", ",".join(map(str, HTTP_PORTS)), "--grpc", ",".join(map(str, GRPC_PORTS))]
+            if self.netns is not None:
+                app.append("--wildcard")
+            self._app = subprocess.Popen(app, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        for proc, what in ((self._proc, "listener"), (self._app, "application")):
+            if proc is not None and _reply(proc) != b"ready":
+                raise RuntimeError(f"{what} process failed to start")
+        if self._app is not None:  # every gRPC service SERVING, as a started application reports
+            grpc_pods = [p for p in self.pods if set(p.ports) & set(GRPC_PORTS)]
+            self._app_health(True, grpc_pods)
         if self.netns is None:
             self._listener_cmd("open", [(p.ip, port) for p in self.pods for port in p.ports])
 
     def _listener_cmd(self, op: str, addrs: list[tuple[str, int]]) -> None:
-        if self._proc is None or not addrs:
-            return
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps({"op": op, "addrs": addrs}).encode() + b"\n")
-        self._proc.stdin.flush()
-        self._proc.stdout.readline()
+        """Open or close per-address listeners (no namespace), each in the process serving its port."""
+        if self._app is not None:
+            _send(self._app, {"op": op, "addrs": [a for a in addrs if a[1] in APP_PORTS]})
+            addrs = [a for a in addrs if a[1] not in APP_PORTS]
+        if self._proc is not None and addrs:
+            _send(self._proc, {"op": op, "addrs": addrs})
+
+    def _app_health(self, healthy: bool, pods: list[SimPod]) -> None:
+        if self._app is not None and pods:
+            _send(self._app, {"op": "health", "healthy": healthy, "pods": [[p.ip, p.name] for p in pods]})
 
     async def stop(self) -> None:
-        if self._proc is not None:
-            proc, self._proc = self._proc, None
+        for attr in ("_app", "_proc"):
+            proc = getattr(self, attr)
+            if proc is None:
+                continue
+            setattr(self, attr, None)
             with contextlib.suppress(OSError):
                 assert proc.stdin is not None
                 proc.stdin.close()
@@ -418,12 +516,15 @@ class Fleet:
         return node not in self.down_nodes
 
     def pod_healthy(self, pod: dict[str, Any]) -> bool:
-        """Whether the pod would pass its own kubelet's probes (node up, not off, no port closed)."""
+        """Whether the pod would pass its own kubelet's probes (node up, not off, no port closed, and an
+        application that its readiness probe asks is healthy)."""
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         sp = self._by_key.get(key)
         if sp is None:
             return True
         if sp.node in self.down_nodes or key in self.down_pods:
+            return False
+        if key in self.sick_pods and sp.app_checked:
             return False
         return not any((key, port) in self.closed_ports for port in sp.ports)
 
@@ -524,6 +625,21 @@ class Fleet:
         self.loss[node] = percent
         nft.set_loss(percent, None if node is None else node_cidrs(self._node_index(node)))
 
+    def set_app_health(self, ref: PodRef, healthy: bool) -> None:
+        """The pod's application turns unhealthy (HTTP 503 on its HTTP ports, NOT_SERVING for its gRPC
+        service) or healthy again; its ports accept connections either way, so TCP probes succeed."""
+        if not self.app_servers:
+            raise Unsupported(
+                "application health needs the HTTP and gRPC servers, which run only for a fleet with "
+                "readiness-mode pods (FleetSpec.readiness_every) or FleetSpec.app_servers=True"
+            )
+        p = self.pod(ref)
+        if healthy:
+            self.sick_pods.discard(p.key)
+        else:
+            self.sick_pods.add(p.key)
+        self._app_health(healthy, [p])
+
     def set_latency(self, seconds: float, node: str | None = None) -> None:
         """Added latency needs the netem qdisc, which this kernel lacks."""
         raise Unsupported(
@@ -531,7 +647,10 @@ class Fleet:
         )
 
     def reset(self) -> None:
-        """Recover everything: nodes, pods, ports, loss."""
+        """Recover everything: nodes, pods, ports, loss, application health."""
+        if self.sick_pods:
+            self._app_health(True, [self._by_key[k] for k in self.sick_pods])
+            self.sick_pods.clear()
         for node in list(self.down_nodes):
             self.recover(node)
         for key in list(self.down_pods):
@@ -547,3 +666,19 @@ class Fleet:
             return self.nodes.index(node)
         except ValueError:
             raise KeyError(f"no node {node!r}") from None
+
+
+def _send(proc: subprocess.Popen[bytes], msg: dict[str, Any]) -> None:
+    """One command to a helper process, waiting for its answer (so the change is in effect on return)."""
+    if msg.get("addrs") == [] or msg.get("pods") == []:
+        return
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(msg).encode() + b"\n")
+    proc.stdin.flush()
+    if _reply(proc) != b"ok":
+        raise RuntimeError(f"sim helper process {proc.args!r} did not answer (exit status {proc.poll()})")
+
+
+def _reply(proc: subprocess.Popen[bytes]) -> bytes:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
