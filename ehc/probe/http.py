@@ -3,10 +3,11 @@
 Success is a status from 200 to 399.  Every attempt is a new connection (``Connection: close``);
 ``https`` does not verify the certificate; ``User-Agent: endpoint-health-checker/<version>`` and
 ``Accept: */*`` unless the check sets them.  A redirect is followed while it stays on the same host
-(at most ten; the connection still goes to the target's address), and a redirect to another host
-counts as success, as the kubelet does.  The body is read up to 10 KiB (the kubelet's limit) and
-counted, never kept; a response that is malformed, reset, cut short before its headers end, or
-slower than the timeout is a failure whose detail names it (``HTTP 503 Service Unavailable``).
+(ten requests in all at most, as Go's client; the connection still goes to the target's address),
+and a redirect to another host counts as success, as the kubelet does.  The body is read up to
+10 KiB (the kubelet's limit) and counted, never kept; a response that is malformed, reset, cut short
+(before its headers end, or inside a body whose length it declared) or slower than the timeout is a
+failure whose detail names it (``HTTP 503 Service Unavailable``).
 
 The response is parsed with ``httptools`` (llhttp, the parser of Node.js and aiohttp): parsing one
 response costs about a microsecond, against about 75 for ``h11`` (``perf/README.md``).
@@ -71,6 +72,7 @@ class _HttpExchange:
         "_body",
         "_check",
         "_complete",
+        "_framed",
         "_head",
         "_interim",
         "_ip",
@@ -94,6 +96,7 @@ class _HttpExchange:
         self._head = False  # the status line and headers are in
         self._interim = False
         self._complete = False
+        self._framed = False  # the body's end is declared (Content-Length or chunked), not the close
         self._body = 0
         self._received = 0
         self.reply = b""
@@ -108,6 +111,8 @@ class _HttpExchange:
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 8 and name.lower() == b"location":
             self._location = value
+        elif len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -120,14 +125,17 @@ class _HttpExchange:
 
     def on_message_complete(self) -> None:
         if self._interim:
-            self._interim, self._location, self._reason = False, None, b""
+            self._interim, self._location, self._reason, self._framed = False, None, b"", False
         else:
             self._complete = True
 
     def feed(self, data: bytes) -> Verdict | Redirect | None:
         if not data:
             if self._head:
-                return self._judge()  # a body that runs until the connection closes
+                verdict = self._judge()
+                if self._framed and verdict == (OK, ""):  # as Go's body reader: an unexpected EOF
+                    return FAIL, "malformed response: the connection closed inside the body"
+                return verdict  # a body that runs until the connection closes, or one not needed
             if self._received:
                 return FAIL, "malformed response: the connection closed inside the status line or headers"
             return FAIL, "connection closed before a response"
@@ -163,10 +171,10 @@ class _HttpExchange:
             port = there.port
         except ValueError:
             return FAIL, f"redirect to a malformed location {text[:100]!r}"
-        if there.scheme not in ("http", "https"):
-            return FAIL, f"redirect to an unsupported scheme {there.scheme!r}"
         if not _same_host(there.hostname or "", ip):
             return OK, ""
+        if there.scheme not in ("http", "https"):
+            return FAIL, f"redirect to an unsupported scheme {there.scheme!r}"
         relative = not urllib.parse.urlsplit(text).netloc
         path = (there.path or "/") + (f"?{there.query}" if there.query else "")
         https = there.scheme == "https"

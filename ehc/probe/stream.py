@@ -306,8 +306,8 @@ class _Attempt:
                 if closed:
                     self._judge(b"")
                 return
-            except ssl.SSLZeroReturnError:
-                plain = b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # a close without close_notify, as
+                plain = b""  # Go accepts: a body that runs to the close is judged, not failed
             except ssl.SSLError as exc:
                 self._end(FAIL, f"TLS: {exc.reason or exc}")
                 return
@@ -334,7 +334,7 @@ class _Attempt:
         if isinstance(verdict, Redirect):
             self._hang_up()
             self.redirects += 1
-            if self.redirects > MAX_REDIRECTS:
+            if self.redirects >= MAX_REDIRECTS:  # as Go: the 10th request may not redirect again
                 self._end(FAIL, f"stopped after {MAX_REDIRECTS} redirects")
                 return False
             failed = self.connect(verdict.check)
