@@ -762,3 +762,33 @@ async def test_a_connection_that_ends_early(
 
 async def test_refused(closed_port: int) -> None:
     assert (await probe("127.0.0.1", Grpc(closed_port)))[::2] == (FAIL, "connrefused")
+
+
+async def test_remembered_header_decodings_give_the_answers_a_fresh_decoder_would() -> None:
+    """One prober, several connections: the reply headers it has decoded before are remembered, and a
+    new block after a remembered one is decoded against the table the remembered ones built (these
+    trailers name content-type through the dynamic-table entry the response headers added)."""
+    loop = asyncio.get_running_loop()
+    prober = GrpcProber(loop, 2.0)
+
+    async def once(port: int) -> tuple[int, str]:
+        fut: asyncio.Future[tuple[int, str]] = loop.create_future()
+        prober.start("127.0.0.1", socket.AF_INET, Grpc(port), lambda o, _l, d: fut.set_result((o, d)))
+        return await fut
+
+    def reply(code: str) -> Callable[..., None]:
+        fields = [("grpc-status", code), ("content-type", "application/grpc")]
+        fields += [("grpc-message", "unknown service")] if code != "0" else []
+        return replies(
+            head(),
+            frame(DATA, 0, 1, message(health_reply(SERVING))),
+            lambda enc: frame(HEADERS, END_HEADERS | END_STREAM, 1, enc.encode(fields)),
+        )
+
+    answers = []
+    for code in ("0", "5", "0", "5"):
+        with h2_server(reply(code)) as raw:
+            answers.append(await once(raw.port))
+    prober.close()
+    not_found = (FAIL, "gRPC status NOT_FOUND (the server does not know the service): unknown service")
+    assert answers == [(OK, ""), not_found, (OK, ""), not_found]

@@ -9,7 +9,9 @@ speak HTTP/2 and a timeout are failures, each named in the detail.  The deadline
 The client side of one unary call is a fixed run of frames, so ehc writes them itself: the
 connection preface, SETTINGS, one HEADERS block (HPACK literals, no Huffman, no table) and one DATA
 frame with the ``HealthCheckRequest``.  The reply's header blocks are decoded with ``hpack`` (the
-python-hyper HPACK codec), the one protobuf field by hand.  A full ``h2`` connection per probe costs
+python-hyper HPACK codec), the one protobuf field by hand.  Every connection starts with an empty
+HPACK table, so a server's replies decode the same way every time: the prober remembers the headers
+decoded from each sequence of blocks it has seen, and decodes only what it has not.  A full ``h2`` connection per probe costs
 about 20 times as much CPU, and ``grpcio`` more again (``perf/README.md``).
 """
 
@@ -90,12 +92,20 @@ _FIXED_HEADERS = (
 )
 
 
+_DECODED_MAX = 1024
+"""Bound on remembered header decodings: a server that varies its headers must not grow it for ever."""
+
+Decoded = dict[tuple[bytes, ...], dict[bytes, bytes]]
+"""The header blocks of one connection so far → the headers the last of them decodes to."""
+
+
 class GrpcProber(StreamProber):
-    __slots__ = ("_timeout_header",)
+    __slots__ = ("_decoded", "_timeout_header")
 
     def __init__(self, loop, timeout: float) -> None:  # type: ignore[no-untyped-def]
         super().__init__(loop, timeout)
         self._timeout_header = _literal(0, f"{max(1, round(timeout * 1000))}m", "grpc-timeout")
+        self._decoded: Decoded = {}
 
     def exchange(self, ip: str, check: Grpc) -> _GrpcExchange:  # type: ignore[override]
         authority = f"{f'[{ip}]' if ':' in ip else ip}:{check.port}"
@@ -108,7 +118,9 @@ class GrpcProber(StreamProber):
             + _frame(_HEADERS, _END_HEADERS, 1, block)
             + _frame(_DATA, _END_STREAM, 1, b"\x00" + len(message).to_bytes(4, "big") + message)
         )
-        return _GrpcExchange(request)
+        if len(self._decoded) >= _DECODED_MAX:
+            self._decoded.clear()
+        return _GrpcExchange(request, self._decoded)
 
 
 class _GrpcExchange:
@@ -117,8 +129,10 @@ class _GrpcExchange:
     __slots__ = (
         "_block",
         "_block_ends_stream",
+        "_blocks",
         "_buffer",
         "_data",
+        "_decoded",
         "_decoder",
         "_headers_seen",
         "_received",
@@ -127,8 +141,10 @@ class _GrpcExchange:
         "reply",
     )
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, decoded: Decoded) -> None:
         self._request = request
+        self._decoded = decoded
+        self._blocks: tuple[bytes, ...] = ()  # the header blocks decoded so far, in order
         self._buffer = b""
         self._received = 0
         self._settings_seen = False
@@ -214,12 +230,18 @@ class _GrpcExchange:
         return self._headers(block, self._block_ends_stream)
 
     def _headers(self, block: bytes, ends_stream: bool) -> Verdict | None:
-        if self._decoder is None:
-            self._decoder = hpack.Decoder()
-        try:
-            headers = dict(self._decoder.decode(block, raw=True))
-        except hpack.HPACKError as exc:
-            return FAIL, f"malformed reply headers: {type(exc).__name__}"
+        seen = self._blocks
+        self._blocks = key = (*seen, block)
+        headers = self._decoded.get(key)
+        if headers is None:
+            try:
+                if self._decoder is None:  # the earlier blocks were remembered: replay them first
+                    self._decoder = hpack.Decoder()
+                    for earlier in seen:
+                        self._decoder.decode(earlier, raw=True)
+                headers = self._decoded[key] = dict(self._decoder.decode(block, raw=True))
+            except hpack.HPACKError as exc:
+                return FAIL, f"malformed reply headers: {type(exc).__name__}"
         if not self._headers_seen:
             self._headers_seen = True
             status = headers.get(b":status")
