@@ -10,7 +10,8 @@ and a redirect to another host counts as success, as the kubelet does.  The body
 failure whose detail names it (``HTTP 503 Service Unavailable``).
 
 The response is parsed with ``httptools`` (llhttp, the parser of Node.js and aiohttp): parsing one
-response costs about a microsecond, against about 75 for ``h11`` (``perf/README.md``).
+response costs 1.5 µs against 51 with ``h11``, and a whole probe half the CPU of one with ``h11`` and
+0.37 of one with ``aiohttp`` (``perf/README.md``).
 """
 
 from __future__ import annotations
