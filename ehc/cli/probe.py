@@ -21,7 +21,7 @@ import uvloop
 from ehc.cli import argtypes
 from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import MAX_RETRY_COUNT
-from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, kind_of, target_kind
+from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, kind_of, request_path, target_kind
 from ehc.wire.messages import Health, Target, Transition
 from ehc.wire.settings import ProbeSettings, format_duration
 from ehc.worker.engine import Engine
@@ -88,9 +88,7 @@ def _parse_url(text: str) -> Target:
     else:
         https = url.scheme == "https"
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        check = Http(
-            port or (443 if https else 80), urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._"), https
-        )
+        check = Http(port or (443 if https else 80), request_path(path), https)
     return Target(key=text, ip=str(ip), checks=(check,))
 
 

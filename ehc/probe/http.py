@@ -24,7 +24,7 @@ import httptools
 from ehc import __version__
 from ehc.probe import FAIL, OK
 from ehc.probe.stream import Redirect, StreamProber, Verdict
-from ehc.wire.checks import Http
+from ehc.wire.checks import Http, request_path
 
 USER_AGENT = f"endpoint-health-checker/{__version__}"
 BODY_LIMIT = 10 * 1024
@@ -182,7 +182,7 @@ class _HttpExchange:
         return Redirect(
             Http(
                 port or (443 if https else 80),
-                urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._"),
+                request_path(path),
                 https,
                 check.host if relative else "",  # as Go: a custom Host survives a relative redirect only
                 check.headers,

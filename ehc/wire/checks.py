@@ -9,6 +9,7 @@ entry; nothing else infers a kind.
 from __future__ import annotations
 
 import typing
+import urllib.parse
 
 import msgspec
 
@@ -45,6 +46,16 @@ class Grpc(msgspec.Struct, tag="grpc", frozen=True, array_like=True):
 
 
 Check = Tcp | Icmp | Http | Grpc
+
+
+def request_path(text: str) -> str:
+    """A path (and query) as an HTTP probe sends it: absolute, with what may not appear in a request
+    line escaped and any #fragment dropped, as Go's URL handling does for the kubelet."""
+    path = text.partition("#")[0] or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    return urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._")
+
 
 KINDS: tuple[str, ...] = tuple(c.__struct_config__.tag for c in typing.get_args(Check))  # type: ignore[misc]
 """Every probe kind, in the order of the union."""

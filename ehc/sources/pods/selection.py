@@ -26,12 +26,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 
-from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION, Container, Pod, Probe
-from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, port_of, target_kind
+from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION, Container, HttpGetAction, Pod, Probe
+from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, port_of, request_path, target_kind
 from ehc.wire.messages import Health, Target
 
 
@@ -173,9 +172,7 @@ def readiness_checks(pod: Pod) -> tuple[list[Check], list[str]]:
             elif scheme not in ("http", "https"):
                 problems.append(f"{where} scheme {action.scheme!r} is not HTTP or HTTPS; it is not checked")
             else:
-                checks.append(
-                    _http(action.path, port, scheme, action.host, action.httpHeaders, where, problems)
-                )
+                checks.append(_http(action, port, where, problems))
         elif probe.grpc is not None:
             given = probe.grpc.port
             port, why = _resolve(container, given) if isinstance(given, int) else (None, "is not a number")
@@ -194,33 +191,23 @@ def readiness_checks(pod: Pod) -> tuple[list[Check], list[str]]:
     return checks, problems
 
 
-def _http(
-    path: str | None,
-    port: int,
-    scheme: str,
-    host: str | None,
-    headers: list | None,
-    where: str,
-    problems: list[str],
-) -> Http:
-    """An HTTP check as the kubelet would make it: a ``Host`` header sets the host, path made absolute
-    and escaped; a header that could not be sent as given is left out and reported."""
-    path = path or "/"
-    if not path.startswith("/"):
-        path = "/" + path
-    path = urllib.parse.quote(path, safe="/?&=%:@!$'()*+,;~-._#").partition("#")[0]
+def _http(action: HttpGetAction, port: int, where: str, problems: list[str]) -> Http:
+    """An HTTP check as the kubelet would make it: a ``Host`` header sets the host; a header that
+    could not be sent as given is left out and reported."""
+    host = action.host or ""
     kept: list[tuple[str, str]] = []
-    for header in headers or ():
+    for header in action.httpHeaders or ():
         if not _TOKEN.fullmatch(header.name) or _BAD_VALUE.search(header.value):
             problems.append(f"{where} header {header.name!r} is not a valid HTTP header; it is not sent")
         elif header.name.lower() == "host":
             host = header.value
         else:
             kept.append((header.name, header.value))
-    if host and (_BAD_VALUE.search(host) or " " in host):
+    if _BAD_VALUE.search(host) or " " in host:
         problems.append(f"{where} host {host!r} is not a valid Host header; the address is sent instead")
         host = ""
-    return Http(port, path, scheme == "https", host or "", tuple(kept))
+    https = (action.scheme or "HTTP").lower() == "https"
+    return Http(port, request_path(action.path or "/"), https, host, tuple(kept))
 
 
 def pod_ip(pod: Pod) -> str | None:
