@@ -19,6 +19,7 @@ import hpack
 import pytest
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from helpers import RawServer, attempt
 
 from ehc import __version__
 from ehc.probe import FAIL, OK
@@ -43,25 +44,7 @@ def has_ipv6_loopback() -> bool:
 
 
 async def probe(ip: str, check: Grpc, timeout: float = 2.0) -> tuple[int, float, str]:
-    """One attempt; also checks the contract: never synchronous, nothing left in flight after."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[tuple[int, float, str]] = loop.create_future()
-    prober = GrpcProber(loop, timeout)
-    prober.open()
-    calls: list[tuple[int, float, str]] = []
-
-    def done(*result: object) -> None:
-        calls.append(result)  # type: ignore[arg-type]
-        if not fut.done():
-            fut.set_result(result)  # type: ignore[arg-type]
-
-    prober.start(ip, socket.AF_INET6 if ":" in ip else socket.AF_INET, check, done)
-    assert calls == []
-    result = await fut
-    await asyncio.sleep(0)
-    assert len(calls) == 1 and prober.in_flight == 0
-    prober.close()
-    return result
+    return await attempt(GrpcProber, ip, check, timeout)
 
 
 # ---- real grpcio servers ----------------------------------------------------------------------------
@@ -201,68 +184,6 @@ async def test_the_server_sees_the_deadline_the_service_and_the_user_agent() -> 
 
 
 # ---- servers that are not gRPC servers --------------------------------------------------------------
-
-
-class RawServer:
-    """A loopback TCP server that runs ``handler(conn, server)`` in a thread per connection."""
-
-    def __init__(self, handler: Callable[[socket.socket, RawServer], None]) -> None:
-        self.handler = handler
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            self.handler(conn, self)
-        except Exception as exc:
-            self.errors.append(exc)
-        finally:
-            conn.close()
-
-    def hold(self, conn: socket.socket) -> None:
-        """Keep the connection open, reading (and dropping) whatever comes, until the client closes it."""
-        conn.settimeout(0.05)
-        while not self.stop.is_set():
-            try:
-                if not conn.recv(65536):
-                    return
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def __enter__(self) -> RawServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._accepter.join(2)
-        for t in self._threads:
-            t.join(2)
-        self.sock.close()
-        if self.errors:
-            raise self.errors[0]
 
 
 def read_exactly(conn: socket.socket, n: int) -> bytes:

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiohttp import web
+from helpers import RawServer, attempt
 
 from ehc import __version__
 from ehc.probe import FAIL, OK
@@ -60,29 +61,7 @@ async def probe(
     family: int | None = None,
     at_done: Callable[[], None] | None = None,
 ) -> tuple[int, float, str]:
-    """One attempt; also checks the contract: never synchronous, nothing left in flight after.
-    ``at_done`` runs inside the ``done`` callback, to see the world as it was when the verdict came."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[tuple[int, float, str]] = loop.create_future()
-    prober = HttpProber(loop, timeout)
-    prober.open()
-    calls: list[tuple[int, float, str]] = []
-
-    def done(*result: object) -> None:
-        calls.append(result)  # type: ignore[arg-type]
-        if at_done is not None:
-            at_done()
-        if not fut.done():
-            fut.set_result(result)  # type: ignore[arg-type]
-
-    family = family or (socket.AF_INET6 if ":" in ip else socket.AF_INET)
-    prober.start(ip, family, check, done)
-    assert calls == []
-    result = await fut
-    await asyncio.sleep(0)
-    assert len(calls) == 1 and prober.in_flight == 0
-    prober.close()
-    return result
+    return await attempt(HttpProber, ip, check, timeout, family, at_done)
 
 
 # ---- the servers ----------------------------------------------------------------------------------
@@ -545,73 +524,6 @@ async def test_plain_http_against_a_tls_server_fails(tls_server: Served) -> None
 # ---- misbehaving servers, on raw sockets ------------------------------------------------------------
 
 
-class RawServer:
-    """A loopback TCP server that runs ``handler(conn, server)`` in a thread per connection."""
-
-    def __init__(self, handler: Callable[[socket.socket, RawServer], None], ip: str = "127.0.0.1") -> None:
-        self.handler = handler
-        self.sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
-        self.sock.bind((ip, 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.requests: list[bytes] = []
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            self.handler(conn, self)
-        except Exception as exc:
-            self.errors.append(exc)
-        finally:
-            conn.close()
-
-    def read_request(self, conn: socket.socket) -> bytes:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(4096)
-            if not more:
-                break
-            data += more
-        self.requests.append(data)
-        return data
-
-    def hold(self) -> None:
-        self.stop.wait(10)
-
-    def close(self) -> None:
-        self.stop.set()
-        self._accepter.join(2)
-        for t in self._threads:
-            t.join(2)
-        self.sock.close()
-        if self.errors:
-            raise self.errors[0]
-
-    def __enter__(self) -> RawServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def reset(conn: socket.socket) -> None:
     """Close with RST (SO_LINGER 0), as a crashing or overloaded server's kernel does."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -629,7 +541,7 @@ def sends(*parts: bytes, then: str = "close") -> Callable[[socket.socket, RawSer
         if then == "reset":
             reset(conn)
         elif then == "hold":
-            server.hold()
+            server.hold(conn)
 
     return handler
 
@@ -745,7 +657,7 @@ async def test_misbehaving_servers(
 
 
 async def test_tls_server_that_never_handshakes_times_out() -> None:
-    with RawServer(lambda conn, raw: raw.hold()) as raw:
+    with RawServer(lambda conn, raw: raw.hold(conn)) as raw:
         result, _, said = await probe("127.0.0.1", Http(raw.port, "/", https=True), timeout=0.3)
     assert (result, said) == (FAIL, "timeout in the TLS handshake")
 
