@@ -102,6 +102,7 @@ class ObjectMeta(msgspec.Struct):
     uid: str = ""
     resourceVersion: str = ""
     annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
     deletionTimestamp: str | None = None
 
 
@@ -119,6 +120,51 @@ class Pod(msgspec.Struct):
             if c.type == type_:
                 return c
         return None
+
+
+# ---- EndpointSlices (discovery.k8s.io/v1) and Endpoints (v1): what a selectorless Service routes to --
+
+
+class EndpointConditions(msgspec.Struct, omit_defaults=True):
+    ready: bool | None = None  # nil counts as ready
+    serving: bool | None = None
+    terminating: bool | None = None
+
+
+class SliceEndpoint(msgspec.Struct):
+    addresses: list[str] = []
+    conditions: EndpointConditions = msgspec.field(default_factory=EndpointConditions)
+    nodeName: str | None = None
+    zone: str | None = None
+
+
+class EndpointPort(msgspec.Struct):
+    port: int | None = None  # nil: every port
+    protocol: str | None = "TCP"
+    name: str | None = None
+
+
+class EndpointSlice(msgspec.Struct):
+    metadata: ObjectMeta
+    addressType: str = "IPv4"
+    endpoints: list[SliceEndpoint] | None = None
+    ports: list[EndpointPort] | None = None
+
+
+class EndpointAddress(msgspec.Struct):
+    ip: str
+    nodeName: str | None = None
+
+
+class EndpointSubset(msgspec.Struct):
+    addresses: list[EndpointAddress] | None = None
+    notReadyAddresses: list[EndpointAddress] | None = None
+    ports: list[EndpointPort] | None = None
+
+
+class Endpoints(msgspec.Struct):
+    metadata: ObjectMeta
+    subsets: list[EndpointSubset] | None = None
 
 
 class ListMeta(msgspec.Struct):

@@ -23,13 +23,13 @@ This is the one place these choices are made: everything downstream reads the ch
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from dataclasses import dataclass
 from enum import Enum
 
 from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION, Container, HttpGetAction, Pod, Probe
+from ehc.sources.address import probe_address
 from ehc.wire.checks import Check, Grpc, Http, Icmp, Tcp, port_of, request_path, target_kind
 from ehc.wire.messages import Health, Target
 
@@ -216,19 +216,6 @@ def pod_ip(pod: Pod) -> str | None:
     return pod.status.podIPs[0].ip if pod.status.podIPs else None
 
 
-def _address(text: str) -> tuple[str | None, str]:
-    """The canonical address a pod can be probed at, or None and why not."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None, "is not an IPv4 or IPv6 address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
-        return None, "carries a zone index: a pod address never does"
-    if ip.is_unspecified or ip.is_multicast:
-        return None, "is not a unicast address"
-    return str(ip), ""
-
-
 def select(pod: Pod, default_probe: str = "tcp") -> Selection:
     """Decide whether and how ``pod`` is probed; ``default_probe`` is for pods without the probe annotation."""
     mode, why = opt_in_mode(pod)
@@ -242,7 +229,7 @@ def select(pod: Pod, default_probe: str = "tcp") -> Selection:
     ip = pod_ip(pod)
     if not ip:
         return Selection(None, "no pod IP yet")
-    address, why = _address(ip)
+    address, why = probe_address(ip)
     if address is None:
         problem = f"pod IP {ip!r} {why}; the pod is not probed"
         return Selection(None, problem, (problem,))
