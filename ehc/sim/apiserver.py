@@ -1,7 +1,8 @@
 """A Kubernetes API server for the subset ehc uses, speaking the real paths, verbs, codes and JSON.
 
 Serves pods (list/get/watch/patch status), nodes, namespaces, coordination.k8s.io/v1 Leases,
-core/v1 and events.k8s.io/v1 Events, and enough discovery for kubectl and kubernetes_asyncio.
+core/v1 and events.k8s.io/v1 Events, Services, Endpoints, discovery.k8s.io/v1 EndpointSlices (the
+objects only: no controller fills them), and enough discovery for kubectl and kubernetes_asyncio.
 Every write is recorded in ``write_log``; ``faults`` injects errors, throttling and latency.
 """
 
@@ -43,6 +44,9 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "events", "Event", True, _RW, ("ev",)),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", True, _RW),
     Resource("events.k8s.io", "v1", "events", "Event", True, _RW, ("ev",)),
+    Resource("", "v1", "services", "Service", True, _RW, ("svc",), ("status",)),
+    Resource("", "v1", "endpoints", "Endpoints", True, _RW, ("ep",)),
+    Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, _RW),
 )
 SERVER_VERSION = {
     "major": "1",
@@ -70,6 +74,7 @@ _REASONS = {
 }
 _WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CONDITION_STATUSES = frozenset({"True", "False", "Unknown"})
+_ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 
 
 def status_body(
@@ -171,6 +176,9 @@ class ApiServer:
         self.leases = self.collections[("coordination.k8s.io", "v1", "leases")]
         self.events = self.collections[("", "v1", "events")]
         self.events_v1 = self.collections[("events.k8s.io", "v1", "events")]
+        self.services = self.collections[("", "v1", "services")]
+        self.endpoints = self.collections[("", "v1", "endpoints")]
+        self.endpointslices = self.collections[("discovery.k8s.io", "v1", "endpointslices")]
         self.faults = Faults()
         self.write_log = WriteLog()
         self.requests = 0
@@ -715,12 +723,12 @@ class ApiServer:
         if old is None:
             raise ApiError(404, f'{res.qualified} "{name}" not found', details=_details(res, name))
         try:
-            patched = apply_patch(ctype, old, body)
+            patched = apply_patch(ctype, old, body, res.qualified)
         except PatchError as exc:
             raise ApiError(exc.code, exc.message) from None
         self._check_uid(res, name, old, patched)
         new = self._merge_sub(res, old, patched, sub)
-        self._validate(res, new)
+        self._validate(res, new, old)
         rv = (patched.get("metadata") or {}).get("resourceVersion")
         expect = rv if rv and rv != old["metadata"].get("resourceVersion") else None
         try:
@@ -746,7 +754,7 @@ class ApiServer:
             raise ApiError(404, f'{res.qualified} "{name}" not found', details=_details(res, name))
         self._check_uid(res, name, old, obj)
         new = self._merge_sub(res, old, obj, sub)
-        self._validate(res, new)
+        self._validate(res, new, old)
         try:
             return col.update(ns, name, new, meta.get("resourceVersion") or None)
         except Conflict:
@@ -775,8 +783,25 @@ class ApiServer:
         )
 
     @staticmethod
-    def _validate(res: Resource, obj: dict[str, Any]) -> None:
-        """The few validations that matter to ehc: well-formed pod conditions."""
+    def _validate(res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """The few validations that matter to ehc: well-formed pod conditions, an EndpointSlice's
+        required and immutable ``addressType``."""
+        if res.kind == "EndpointSlice":
+            at = obj.get("addressType")
+            if at not in _ADDRESS_TYPES:
+                why = (
+                    "Required value"
+                    if at is None
+                    else f'Unsupported value: {at!r}: supported values: "FQDN", "IPv4", "IPv6"'
+                )
+                raise ApiError(422, f"EndpointSlice.discovery.k8s.io is invalid: addressType: {why}")
+            if old is not None and old.get("addressType") != at:
+                raise ApiError(
+                    422,
+                    f"EndpointSlice.discovery.k8s.io is invalid: addressType: Invalid value: {at!r}: "
+                    "field is immutable",
+                )
+            return
         if res.plural != "pods":
             return
         status = obj.get("status")

@@ -29,6 +29,14 @@ MERGE_KEYS: dict[str, str] = {
     "ownerReferences": "uid",
     "addresses": "type",
 }
+# Kinds whose list fields differ from the table above under the same names (``ports`` of a Service
+# merges by ``port``; an EndpointSlice's ``ports`` and ``endpoints`` and an Endpoints' ``subsets`` are
+# ``+listType=atomic``, so a patch replaces them wholesale). Keyed by ``Resource.qualified``.
+RESOURCE_MERGE_KEYS: dict[str, dict[str, str]] = {
+    "services": {"ownerReferences": "uid", "ports": "port", "conditions": "type"},
+    "endpoints": {"ownerReferences": "uid"},
+    "endpointslices.discovery.k8s.io": {"ownerReferences": "uid"},
+}
 
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
@@ -50,8 +58,12 @@ def deep_copy(obj: Any) -> Any:
     return msgspec.json.decode(msgspec.json.encode(obj))
 
 
-def apply_patch(content_type: str, target: dict[str, Any], body: bytes) -> dict[str, Any]:
-    """Return ``target`` patched by ``body`` of the given patch media type; ``target`` is not modified."""
+def apply_patch(
+    content_type: str, target: dict[str, Any], body: bytes, resource: str | None = None
+) -> dict[str, Any]:
+    """Return ``target`` patched by ``body`` of the given patch media type; ``target`` is not modified.
+
+    ``resource`` (``Resource.qualified``) picks the strategic-merge keys of that kind."""
     try:
         patch = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
@@ -62,7 +74,7 @@ def apply_patch(content_type: str, target: dict[str, Any], body: bytes) -> dict[
         raise PatchError(400, f"patch must be a JSON object, got {type(patch).__name__}")
     if content_type == MERGE:
         return merge_patch(target, patch)
-    result = strategic_merge(target, patch)
+    result = strategic_merge(target, patch, RESOURCE_MERGE_KEYS.get(resource or "", MERGE_KEYS))
     if not isinstance(result, dict):
         raise PatchError(422, "patch deleted the whole object")
     return result
@@ -81,7 +93,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def strategic_merge(target: Any, patch: Any) -> Any:
+def strategic_merge(target: Any, patch: Any, keys: dict[str, str] = MERGE_KEYS) -> Any:
     """Kubernetes strategic merge: like merge patch, but lists with a merge key merge item by item.
 
     Directives: ``$patch: replace|delete`` on maps and list items, ``$retainKeys`` on maps; the
@@ -101,11 +113,11 @@ def strategic_merge(target: Any, patch: Any) -> Any:
             continue
         if value is None:
             result.pop(key, None)
-        elif isinstance(value, list) and key in MERGE_KEYS:
+        elif isinstance(value, list) and key in keys:
             current = result.get(key)
-            result[key] = _merge_list(current if isinstance(current, list) else [], value, MERGE_KEYS[key])
+            result[key] = _merge_list(current if isinstance(current, list) else [], value, keys[key], keys)
         elif isinstance(value, dict):
-            merged = strategic_merge(result.get(key), value)
+            merged = strategic_merge(result.get(key), value, keys)
             if merged is None:
                 result.pop(key, None)
             else:
@@ -119,7 +131,9 @@ def strategic_merge(target: Any, patch: Any) -> Any:
     return result
 
 
-def _merge_list(current: list[Any], patch: list[Any], merge_key: str) -> list[Any]:
+def _merge_list(
+    current: list[Any], patch: list[Any], merge_key: str, keys: dict[str, str] = MERGE_KEYS
+) -> list[Any]:
     """Merge list items by ``merge_key``; an item ``{"$patch": "replace"}`` replaces the list."""
     if any(isinstance(i, dict) and i.get("$patch") == "replace" and len(i) == 1 for i in patch):
         return [i for i in patch if not (isinstance(i, dict) and i.get("$patch") == "replace")]
@@ -140,7 +154,7 @@ def _merge_list(current: list[Any], patch: list[Any], merge_key: str) -> list[An
         elif index is None:
             result.append({k: v for k, v in item.items() if not k.startswith("$")})
         else:
-            result[index] = strategic_merge(result[index], item)
+            result[index] = strategic_merge(result[index], item, keys)
     return result
 
 
