@@ -148,3 +148,31 @@ async def attempt(
     assert len(calls) == 1 and prober.in_flight == 0
     prober.close()
     return result
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (some CI hosts have IPv6 switched off)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def connect_from(fleet: Any, ip: str, port: int, timeout: float = 0.5) -> str:
+    """'ok', 'refused' or 'timeout' for one TCP connect (no data sent) from where ``fleet``'s pods live
+    (inside its network namespace when it has one)."""
+    sock = fleet.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
+        return "ok"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    finally:
+        sock.close()

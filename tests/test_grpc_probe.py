@@ -19,7 +19,7 @@ import hpack
 import pytest
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from helpers import RawServer, attempt
+from helpers import RawServer, attempt, has_ipv6_loopback
 
 from ehc import __version__
 from ehc.probe import FAIL, OK
@@ -30,17 +30,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 UNKNOWN = health_pb2.HealthCheckResponse.UNKNOWN
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 async def probe(ip: str, check: Grpc, timeout: float = 2.0) -> tuple[int, float, str]:

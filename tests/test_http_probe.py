@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiohttp import web
-from helpers import RawServer, attempt
+from helpers import RawServer, attempt, has_ipv6_loopback
 
 from ehc import __version__
 from ehc.probe import FAIL, OK
@@ -38,17 +38,6 @@ async def until(predicate: Callable[[], bool], what: str, limit: float = 10.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {limit:g}s")
         await asyncio.sleep(0.005)
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 IPV6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import connect_from
 
 from ehc.kube.model import PROBE_ANNOTATION
 from ehc.sim import SimCluster, SimPod, Unsupported
@@ -81,21 +82,6 @@ async def http_get(fleet: Fleet, p: SimPod, port: int = 8080, path: str = "/heal
         return "refused"
 
 
-async def tcp_connect(fleet: Fleet, ip: str, port: int, timeout: float = 1.0) -> str:
-    """'ok', 'refused' or 'timeout' for one TCP connect (no data sent)."""
-    sock = fleet.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
-    sock.setblocking(False)
-    try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
-        return "ok"
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return "timeout"
-    finally:
-        sock.close()
-
-
 def test_readiness_every_marks_opted_in_pods_only() -> None:
     plain = build_pods(FleetSpec(nodes=4, pods_per_node=50))
     pods = build_pods(FleetSpec(nodes=4, pods_per_node=50, readiness_every=2))
@@ -149,7 +135,7 @@ async def test_http_and_grpc_answer_and_follow_app_health(app_sim: SimCluster) -
     assert await http_get(fleet, web, 9100, "/metrics") == 503
     assert await grpc_check(fleet, (rpc, rpc.name), (rpc6, rpc6.name)) == ["SERVING", "NOT_SERVING"]
     for p, port in ((web, 8080), (web, 9100), (web6, 8080), (rpc6, 9090)):  # TCP probes still pass
-        assert await tcp_connect(fleet, p.ip, port) == "ok", (p.name, port)
+        assert await connect_from(fleet, p.ip, port, 1.0) == "ok", (p.name, port)
     manifest = app_sim.api.get_pod(web.namespace, web.name) or {}
     assert not fleet.pod_healthy(manifest)  # its kubelet's httpGet readiness probe fails too
 
@@ -181,7 +167,7 @@ async def test_app_ports_keep_failure_injection_and_defer_accept(app_sim: SimClu
     assert await http_get(fleet, web) == "refused"
     assert await http_get(fleet, web, 9100, "/metrics") == 200
     fleet.power_off_pod(rpc)
-    assert await tcp_connect(fleet, rpc.ip, 9090, 0.3) == "timeout"
+    assert await connect_from(fleet, rpc.ip, 9090, 0.3) == "timeout"
     fleet.reset()
     assert await http_get(fleet, web) == 200
     assert await grpc_check(fleet, (rpc, rpc.name)) == ["SERVING"]
@@ -201,7 +187,7 @@ async def test_fallback_without_namespace_serves_per_address() -> None:
         fleet.set_app_health(web, False)
         fleet.set_app_health(rpc, False)
         assert await http_get(fleet, web) == 503
-        assert await tcp_connect(fleet, web.ip, 8080) == "ok"
+        assert await connect_from(fleet, web.ip, 8080, 1.0) == "ok"
         assert await grpc_check(fleet, (rpc, rpc.name)) == ["NOT_SERVING"]
         # a closed HTTP port refuses, and comes back with the application's health as it was
         fleet.close_port(web, 8080)
@@ -211,7 +197,7 @@ async def test_fallback_without_namespace_serves_per_address() -> None:
         assert await http_get(fleet, web) == 503
         # a powered-off node's gRPC ports refuse (the gRPC server restarts without them); others serve
         fleet.power_off(rpc.node)
-        assert await tcp_connect(fleet, rpc.ip, 9090) == "refused"
+        assert await connect_from(fleet, rpc.ip, 9090, 1.0) == "refused"
         assert await grpc_check(fleet, (others[0], others[0].name)) == ["SERVING"]
         fleet.recover(rpc.node)
         assert await grpc_check(fleet, (rpc, rpc.name)) == ["NOT_SERVING"]

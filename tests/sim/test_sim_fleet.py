@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import connect_from
 
 from ehc.sim import SimCluster, SimPod, Unsupported
 from ehc.sim import netns as netns_mod
@@ -19,22 +20,6 @@ from ehc.sim.fleet import Fleet, FleetSpec, build_pods
 
 NETNS_OK, NETNS_WHY = netns_mod.available()
 needs_netns = pytest.mark.skipif(not NETNS_OK, reason=f"fleet namespace unavailable: {NETNS_WHY}")
-
-
-async def connect(fleet: Fleet, ip: str, port: int, timeout: float = 0.5) -> str:
-    """'ok', 'refused' or 'timeout' for one TCP connect from inside the fleet's namespace."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = fleet.socket(family)
-    sock.setblocking(False)
-    try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
-        return "ok"
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return "timeout"
-    finally:
-        sock.close()
 
 
 def _checksum(data: bytes) -> int:
@@ -99,11 +84,11 @@ async def test_pods_answer_tcp_and_icmp_in_namespace(sim: SimCluster) -> None:
     assert v6, "the fixture should include IPv6 pods"
     for p in fleet.pods:
         for port in p.ports:
-            assert await connect(fleet, p.ip, port) == "ok", (p.name, p.ip, port)
+            assert await connect_from(fleet, p.ip, port) == "ok", (p.name, p.ip, port)
     for p in [*fleet.pods[:3], v6[0]]:
         assert await asyncio.to_thread(ping, fleet, p.ip), p.ip
     # pod IPs exist only in the namespace; the API server is reachable on both sides on one address
-    assert await connect(fleet, "127.0.0.1", sim.api.port) == "ok"
+    assert await connect_from(fleet, "127.0.0.1", sim.api.port) == "ok"
     if shutil.which("kubectl"):  # the same kubeconfig works from inside the namespace
         proc = await asyncio.create_subprocess_exec(
             *sim.exec_prefix(), "kubectl", "--kubeconfig", sim.kubeconfig, "get", "pods", "-A", "-o", "name",
@@ -121,13 +106,13 @@ async def test_power_off_times_out_and_recover_restores(sim: SimCluster) -> None
     victims = [p for p in fleet.pods_on(node) if p.ports]
     other = next(p for p in fleet.pods_on(fleet.nodes[0]) if p.ports and not p.ipv6)
     fleet.power_off(node)
-    results = await asyncio.gather(*(connect(fleet, p.ip, p.ports[0], 0.3) for p in victims))
+    results = await asyncio.gather(*(connect_from(fleet, p.ip, p.ports[0], 0.3) for p in victims))
     assert set(results) == {"timeout"}
     assert not await asyncio.to_thread(ping, fleet, victims[0].ip, 0.3)
-    assert await connect(fleet, other.ip, other.ports[0]) == "ok"
+    assert await connect_from(fleet, other.ip, other.ports[0]) == "ok"
     assert not fleet.pod_healthy(sim.api.get_pod(victims[0].namespace, victims[0].name) or {})
     fleet.recover(node)
-    results = await asyncio.gather(*(connect(fleet, p.ip, p.ports[0]) for p in victims))
+    results = await asyncio.gather(*(connect_from(fleet, p.ip, p.ports[0]) for p in victims))
     assert set(results) == {"ok"}
     assert await asyncio.to_thread(ping, fleet, victims[0].ip)
 
@@ -137,17 +122,17 @@ async def test_single_pod_power_off_and_closed_port(sim: SimCluster) -> None:
     fleet = sim.fleet
     a, b = [p for p in fleet.pods if p.ports and not p.ipv6][:2]
     fleet.close_port(a, a.ports[0])
-    assert await connect(fleet, a.ip, a.ports[0]) == "refused"
-    assert await connect(fleet, b.ip, a.ports[0] if a.ports[0] in b.ports else b.ports[0]) == "ok"
+    assert await connect_from(fleet, a.ip, a.ports[0]) == "refused"
+    assert await connect_from(fleet, b.ip, a.ports[0] if a.ports[0] in b.ports else b.ports[0]) == "ok"
     fleet.open_port(a, a.ports[0])
-    assert await connect(fleet, a.ip, a.ports[0]) == "ok"
+    assert await connect_from(fleet, a.ip, a.ports[0]) == "ok"
     fleet.power_off_pod(b)
-    assert await connect(fleet, b.ip, b.ports[0], 0.3) == "timeout"
+    assert await connect_from(fleet, b.ip, b.ports[0], 0.3) == "timeout"
     fleet.recover_pod(b)
-    assert await connect(fleet, b.ip, b.ports[0]) == "ok"
+    assert await connect_from(fleet, b.ip, b.ports[0]) == "ok"
     v6 = next(p for p in fleet.pods if p.ipv6 and p.ports)
     fleet.close_port(v6, v6.ports[0])
-    assert await connect(fleet, v6.ip, v6.ports[0]) == "refused"
+    assert await connect_from(fleet, v6.ip, v6.ports[0]) == "refused"
     with pytest.raises(Unsupported):
         fleet.set_latency(0.1)
 
@@ -158,17 +143,17 @@ async def test_random_loss_is_observable(sim: SimCluster) -> None:
     pod: SimPod = next(p for p in fleet.pods if p.ports and not p.ipv6)
     fleet.set_loss(50)
     # A dropped SYN is retransmitted only after 1 s, so with a 0.3 s timeout each connect is one trial.
-    results = await asyncio.gather(*(connect(fleet, pod.ip, pod.ports[0], 0.3) for _ in range(200)))
+    results = await asyncio.gather(*(connect_from(fleet, pod.ip, pod.ports[0], 0.3) for _ in range(200)))
     lost = results.count("timeout") / len(results)
     assert 0.2 < lost < 0.95, lost  # loose: SYN and SYN-ACK may both be subject to loss
     assert "refused" not in results
     fleet.set_loss(0)
-    results = await asyncio.gather(*(connect(fleet, pod.ip, pod.ports[0]) for _ in range(50)))
+    results = await asyncio.gather(*(connect_from(fleet, pod.ip, pod.ports[0]) for _ in range(50)))
     assert set(results) == {"ok"}
     fleet.set_loss(100, node=pod.node)
-    assert await connect(fleet, pod.ip, pod.ports[0], 0.3) == "timeout"
+    assert await connect_from(fleet, pod.ip, pod.ports[0], 0.3) == "timeout"
     fleet.reset()
-    assert await connect(fleet, pod.ip, pod.ports[0]) == "ok"
+    assert await connect_from(fleet, pod.ip, pod.ports[0]) == "ok"
 
 
 @needs_netns
@@ -193,14 +178,14 @@ async def test_fallback_without_namespace_closes_listeners() -> None:
         assert sim.netns is None and fleet.capabilities == frozenset({"close"})
         assert not any(p.ipv6 for p in fleet.pods)
         p = next(p for p in fleet.pods if p.ports)
-        assert await connect(fleet, p.ip, p.ports[0]) == "ok"
+        assert await connect_from(fleet, p.ip, p.ports[0]) == "ok"
         fleet.close_port(p, p.ports[0])
-        assert await connect(fleet, p.ip, p.ports[0]) == "refused"
+        assert await connect_from(fleet, p.ip, p.ports[0]) == "refused"
         fleet.open_port(p, p.ports[0])
-        assert await connect(fleet, p.ip, p.ports[0]) == "ok"
+        assert await connect_from(fleet, p.ip, p.ports[0]) == "ok"
         fleet.power_off(p.node)
-        assert await connect(fleet, p.ip, p.ports[0]) == "refused"  # the best a non-root fleet can do
+        assert await connect_from(fleet, p.ip, p.ports[0]) == "refused"  # the best a non-root fleet can do
         fleet.recover(p.node)
-        assert await connect(fleet, p.ip, p.ports[0]) == "ok"
+        assert await connect_from(fleet, p.ip, p.ports[0]) == "ok"
         with pytest.raises(Unsupported):
             fleet.set_loss(10)
