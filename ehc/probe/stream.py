@@ -19,16 +19,13 @@ import asyncio
 import errno
 import socket
 import ssl
-import struct
 import time
 from typing import Protocol
 
-from ehc.probe import FAIL, LOCAL_ERRNOS, LOCAL_ERROR, Done, Later, describe_errno
-from ehc.probe.deadlines import Deadlines
+from ehc.probe import FAIL, Done, describe_errno
+from ehc.probe.sockets import ConnectingProber, connect_failed, start_connect
 from ehc.wire.checks import Check
 
-_LINGER_RST = struct.pack("ii", 1, 0)
-_SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _READ = 65536
 MAX_REDIRECTS = 10
 """As Go's HTTP client, which the kubelet's prober uses."""
@@ -61,17 +58,13 @@ class Exchange(Protocol):
         ...
 
 
-class StreamProber:
+class StreamProber(ConnectingProber):
     """The Prober for a kind built on an ``Exchange``; subclasses say how to make one."""
 
-    __slots__ = ("_deadlines", "_later", "_loop", "_tls", "in_flight", "timeout")
+    __slots__ = ("_tls",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
-        self.timeout = timeout
-        self.in_flight = 0
-        self._deadlines = Deadlines(loop)
-        self._later = Later(loop)
+        super().__init__(loop, timeout)
         self._tls: ssl.SSLContext | None = None
 
     def exchange(self, ip: str, check: Check) -> Exchange:
@@ -79,9 +72,6 @@ class StreamProber:
 
     def uses_tls(self, check: Check) -> bool:
         return False
-
-    def open(self) -> str:
-        return ""
 
     def start(self, ip: str, family: int, check: Check, done: Done) -> None:
         """Start one attempt; ``done`` is called exactly once, never synchronously."""
@@ -91,12 +81,6 @@ class StreamProber:
             self._later(done, *failed)
         else:
             self._deadlines.add(attempt)
-
-    def close(self) -> None:
-        """Abandon every attempt in flight (their callbacks are not called)."""
-        self._later.closed = True
-        for attempt in self._deadlines.clear():
-            attempt.finish()  # type: ignore[attr-defined]
 
     def tls_context(self) -> ssl.SSLContext:
         """Like the kubelet: TLS without verifying the certificate (a probe checks liveness, not identity)."""
@@ -157,22 +141,10 @@ class _Attempt:
     def connect(self, check: Check) -> tuple[int, float, str] | None:
         """Open a connection for ``check``; what went wrong at once, or None once it is under way."""
         prober = self.prober
-        try:
-            sock = _socket.socket(self.family, _SOCK_TYPE)
-        except OSError as exc:
-            return LOCAL_ERROR, 0.0, f"socket: {describe_errno(exc.errno or 0)}"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        port = check.port  # type: ignore[union-attr]
-        try:
-            code = sock.connect_ex((self.ip, port))
-        except (OSError, OverflowError, TypeError, ValueError) as exc:  # an address the kernel cannot take
-            sock.close()
-            return LOCAL_ERROR, 0.0, f"connect {self.ip!r} port {port!r}: {exc}"
-        if code not in (0, errno.EINPROGRESS):
-            sock.close()
-            if code in LOCAL_ERRNOS:
-                return LOCAL_ERROR, 0.0, f"connect: {describe_errno(code)}"
-            return FAIL, time.monotonic() - self.start, describe_errno(code)
+        got = start_connect(self.ip, self.family, check.port, self.start)  # type: ignore[union-attr]
+        if isinstance(got, tuple):
+            return got
+        sock = got
         self.sock, self.fd, self.stage, self.pending = sock, sock.fileno(), _CONNECTING, b""
         self.exchange = prober.exchange(self.ip, check)
         if prober.uses_tls(check):
@@ -213,7 +185,7 @@ class _Attempt:
             return
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
-            self._end(LOCAL_ERROR if code in LOCAL_ERRNOS else FAIL, describe_errno(code))
+            self._end(*connect_failed(code))
             return
         loop = self.prober._loop
         loop.remove_writer(self.fd)
@@ -353,6 +325,6 @@ class _Attempt:
         elif self.sock is not None:
             code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
-                self._end(LOCAL_ERROR if code in LOCAL_ERRNOS else FAIL, describe_errno(code))
+                self._end(*connect_failed(code))
                 return
         self._end(FAIL, f"timeout {self.stage}")
