@@ -54,12 +54,22 @@ def test_no_tcp_port_means_icmp_and_the_probe_annotation_applies_where_it_can() 
 
 
 def test_slices_of_the_kubernetes_controllers_are_refused_and_say_why() -> None:
-    for manager, who in (("endpointslice-controller.k8s.io", "EndpointSlice controller"),
-                         ("endpointslicemirroring-controller.k8s.io", "mirroring controller")):  # fmt: skip
-        sel = select_slice(
-            eps(endpoint("10.0.0.7"), labels={"endpointslice.kubernetes.io/managed-by": manager})
-        )
-        assert sel.targets == () and who in sel.refused and sel.problems == (sel.refused,)
+    managed = "endpointslice.kubernetes.io/managed-by"
+    sel = select_slice(eps(endpoint("10.0.0.7"), labels={managed: "endpointslice-controller.k8s.io"}))
+    assert sel.targets == () and "EndpointSlice controller" in sel.refused and sel.problems == (sel.refused,)
+    # A mirrored slice carries the label of the Endpoints object it mirrors: refused, but no mistake.
+    sel = select_slice(
+        eps(endpoint("10.0.0.7"), labels={managed: "endpointslicemirroring-controller.k8s.io"})
+    )
+    assert sel.targets == () and "Endpoints object" in sel.refused and sel.problems == ()
+    # The Endpoints of a Service with a selector belong to the Endpoints controller.
+    e = msgspec.convert(
+        {"metadata": meta(**{"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-22T10:00:00Z"}),
+         "subsets": [{"addresses": [{"ip": "10.0.0.7"}]}]},
+        Endpoints,
+    )  # fmt: skip
+    sel = select_endpoints(e)
+    assert sel.targets == () and "Endpoints controller" in sel.refused and sel.problems == (sel.refused,)
     mine = select_slice(eps(endpoint("10.0.0.7"), labels={"endpointslice.kubernetes.io/managed-by": "me"}))
     assert len(mine.targets) == 1
 

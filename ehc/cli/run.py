@@ -72,11 +72,15 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
         log.error("EHC_METRICS_ADDRESS=%r: cannot listen there: %s", settings.metrics_address, exc)
         await api.close()
         return 2
+    selectorless = (
+        "EndpointSlices and Endpoints in " + (", ".join(settings.selectorless_namespaces) or "every namespace")
+        if settings.selectorless else "off"
+    )  # fmt: skip
     log.info(
         "ehc starting as %s: interval %ss, timeout %ss, retry count %d, default probe %s, %d worker(s), "
-        "lease %s/%s",
+        "lease %s/%s, selectorless Services: %s",
         settings.identity, settings.interval, settings.timeout, settings.retry_count, settings.default_probe,
-        settings.workers, settings.namespace, settings.lease_name,
+        settings.workers, settings.namespace, settings.lease_name, selectorless,
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(controller.run())

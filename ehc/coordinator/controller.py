@@ -17,6 +17,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -25,9 +26,11 @@ from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import RunSettings
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
-from ehc.kube.watch import PodWatcher
+from ehc.kube.watch import ListWatcher, PodWatcher
 from ehc.kube.writes import Write, WriteQueue
 from ehc.sources import Source
+from ehc.sources.endpoints.kinds import KINDS, AddressKind
+from ehc.sources.endpoints.source import AddressSource
 from ehc.sources.pods import PodSource
 from ehc.wire.messages import Health, Target, Transition
 
@@ -75,24 +78,44 @@ class Controller:
             self, submit=self.writes.submit, cancel=self.writes.cancel, settled=self.writes.settled,
             events=self.events, default_probe=settings.default_probe,
         )  # fmt: skip
-        self.watcher = PodWatcher(
-            api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event
-        )
+        self.watchers: list[ListWatcher[Any]] = [
+            PodWatcher(api, on_page=self.pods.page, on_snapshot=self.pods.snapshot, on_event=self.pods.event)
+        ]
         self.sources: tuple[Source, ...] = (self.pods,)
+        if settings.selectorless:
+            for kind in KINDS:
+                self._add_addresses(api, kind, settings.selectorless_namespaces)
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
         self.resync_writes = 0
+
+    def _add_addresses(self, api: ApiClient, kind: AddressKind[Any], namespaces: tuple[str, ...]) -> None:
+        """A source for one kind of selectorless Service object, watched per namespace (or everywhere)."""
+        source: AddressSource[Any] = AddressSource(
+            kind, self, submit=self.writes.submit, cancel=self.writes.cancel, settled=self.writes.settled,
+            events=self.events,
+        )  # fmt: skip
+        self.sources += (source,)
+        for namespace in namespaces or (None,):
+            watcher = ListWatcher(
+                api,
+                kind.resource(namespace),
+                on_page=source.page,
+                on_snapshot=source.snapshot,
+                on_event=source.event,
+            )
+            self.watchers.append(watcher)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Until cancelled.  On cancellation the lease is released so a standby takes over at once."""
         tasks = [
-            asyncio.create_task(self.watcher.run(), name="watch"),
+            *(asyncio.create_task(w.run(), name=f"watch {w.resource.plural}") for w in self.watchers),
             asyncio.create_task(self.writes.run(), name="writes"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
-        await self.watcher.wait_synced()
+        await asyncio.gather(*(w.wait_synced() for w in self.watchers))
         tasks.append(asyncio.create_task(self.elector.run(), name="elect"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -109,8 +132,8 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        """Watch synced and, when leading, every worker up and probing.  A standby is ready too."""
-        if not self.watcher.synced:
+        """Every watch synced and, when leading, every worker up and probing.  A standby is ready too."""
+        if not all(w.synced for w in self.watchers):
             return False
         if not self.elector.is_leader():
             return True

@@ -8,6 +8,7 @@ worker up; a standby is ready too).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -107,12 +108,20 @@ class ControllerCollector(Collector):
             "Terms this replica ended because it could not run its workers",
             value=e.give_ups,
         )
-        yield CounterMetricFamily("ehc_watch_relists", "Pod lists after a 410", value=c.watcher.relists)
-        yield CounterMetricFamily(
+        relists = CounterMetricFamily(
+            "ehc_watch_relists", "Lists after a 410, by resource", labels=["resource"]
+        )
+        undecodable = CounterMetricFamily(
             "ehc_watch_undecodable_objects",
             "Watched objects skipped because they do not decode (each logged with its name and what is wrong)",
-            value=c.watcher.undecodable,
+            labels=["resource"],
         )
+        for resource, watchers in itertools.groupby(c.watchers, key=lambda w: w.resource.plural):
+            ws = list(watchers)
+            relists.add_metric([resource], sum(w.relists for w in ws))
+            undecodable.add_metric([resource], sum(w.undecodable for w in ws))
+        yield relists
+        yield undecodable
         if pool is None:
             return
         per_worker = {

@@ -26,6 +26,7 @@ MAX_RETRY_COUNT = 100
 """More confirmations than this only delays detection; a million crash-looped the worker."""
 MAX_WORKERS = 64
 """Each worker is a process that wants up to a core; hundreds starve the coordinator (and its Lease)."""
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -33,7 +34,7 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 class Setting:
     env: str
     flag: str
-    kind: str  # "duration" | "int" | "float" | "share" | "str" | "choice"
+    kind: str  # "duration" | "int" | "float" | "share" | "str" | "choice" | "bool" | "namespaces" | ...
     default: Any
     help: str
     minimum: float | None = None
@@ -59,6 +60,16 @@ SETTINGS: tuple[Setting, ...] = (
         "what to check on a pod without the endpoint-health-checker.io/probe annotation: tcp (connect "
         "to its probe ports), readiness (what its readiness probe declares: HTTP GET, gRPC health, TCP) "
         "or icmp", choices=PROBES,
+    ),
+    Setting(
+        "EHC_SELECTORLESS", "--selectorless", "bool", False,
+        "also check the addresses of EndpointSlices and Endpoints labelled endpoint-health-checker.io/enabled=true "
+        "(Services without selectors) and flip their readiness; needs the RBAC the chart grants with "
+        "selectorless.enabled",
+    ),
+    Setting(
+        "EHC_SELECTORLESS_NAMESPACES", "--selectorless-namespaces", "namespaces", (),
+        "comma-separated namespaces whose EndpointSlices and Endpoints are watched (empty: every namespace)",
     ),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
@@ -105,6 +116,10 @@ def _allowed(s: Setting) -> str:
         return "a number greater than 0 and at most 1 (e.g. 0.5)"
     if s.kind == "choice":
         return "one of " + ", ".join(s.choices)
+    if s.kind == "bool":
+        return "true or false"
+    if s.kind == "namespaces":
+        return "namespace names (lowercase letters, digits and '-', at most 63 characters) separated by commas, or empty for all"
     return "text"
 
 
@@ -133,6 +148,15 @@ def _parse(s: Setting, text: str) -> Any:
             if t:
                 parse_address(t)
             return t
+        elif s.kind == "bool":
+            if t.lower() not in ("true", "false"):
+                raise ValueError
+            return t.lower() == "true"
+        elif s.kind == "namespaces":
+            names = tuple(dict.fromkeys(n.strip() for n in t.split(",") if n.strip()))
+            if any(len(n) > 63 or not _DNS_LABEL.fullmatch(n) for n in names):
+                raise ValueError
+            return names
         else:
             return text
     except ValueError:
@@ -153,6 +177,8 @@ class RunSettings:
     recovery_threshold: int
     confirm_spacing: float
     default_probe: str
+    selectorless: bool
+    selectorless_namespaces: tuple[str, ...]
     workers: int
     failsafe_share: float
     failsafe_min_targets: int
@@ -183,10 +209,23 @@ class RunSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, documented with its environment variable and default."""
     for s in SETTINGS:
-        default = format_duration(s.default) if s.kind == "duration" else str(s.default)
+        if s.kind == "duration":
+            default = format_duration(s.default)
+        elif s.kind == "bool":
+            default = str(s.default).lower()
+        elif s.kind == "namespaces":
+            default = ",".join(s.default)
+        else:
+            default = str(s.default)
         shown = f"; default {default}" if default else ""
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if s.kind == "bool" else {}
         parser.add_argument(
-            s.flag, dest=_attr(s), default=None, metavar="VALUE", help=f"{s.help} [env {s.env}{shown}]"
+            s.flag,
+            dest=_attr(s),
+            default=None,
+            metavar="VALUE",
+            help=f"{s.help} [env {s.env}{shown}]",
+            **extra,
         )
 
 

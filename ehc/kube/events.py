@@ -1,11 +1,11 @@
-"""Kubernetes Events (core/v1) on transitions, rate-limited per pod and reason.
+"""Kubernetes Events (core/v1) on transitions, rate-limited per object and reason.
 
 ``emit()`` never blocks and never raises: it either queues the event, counts it as ``suppressed``
-(another event with the same pod and reason was accepted less than ``per_pod_interval`` ago; the
-suppressed occurrences are folded into the ``count`` of the next event accepted for that pod and
+(another event with the same object and reason was accepted less than ``per_pod_interval`` ago; the
+suppressed occurrences are folded into the ``count`` of the next event accepted for that object and
 reason) or, with the queue full, counts it as ``dropped``.  ``run()`` creates the queued events with a
 few requests in flight, through ``ehc.kube.request``.  An API failure is logged and counted in
-``failed``, never retried (not even a retryable ``ApiError``) or raised: events are advisory, the pod's
+``failed``, never retried (not even a retryable ``ApiError``) or raised: events are advisory, the objects'
 conditions are the record that matters, and retrying them would compete with the status patches for
 the API server's attention exactly when it is struggling.
 """
@@ -38,6 +38,8 @@ class _Event:
     type_: str
     reason: str
     message: str
+    kind: str
+    api_version: str
     count: int
     first: float  # wall clock of the first occurrence this event stands for
     last: float
@@ -66,8 +68,10 @@ class EventRecorder:
         self.request_timeout = request_timeout
         self._queue: deque[_Event] = deque()
         self._wake = asyncio.Event()
-        self._last: dict[tuple[str, str, str], float] = {}  # (ns, pod, reason) -> monotonic accept time
-        self._folded: dict[tuple[str, str, str], tuple[int, float]] = {}  # suppressed: (count, first wall)
+        self._last: dict[tuple[str, str, str, str], float] = {}  # (kind, ns, name, reason) -> accepted
+        self._folded: dict[
+            tuple[str, str, str, str], tuple[int, float]
+        ] = {}  # suppressed: (count, first wall)
         self._next_prune = 0.0
         self._name_ns = 0
         self.sent = 0
@@ -79,8 +83,12 @@ class EventRecorder:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def emit(self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str) -> None:
-        """Queue an event about pod ``namespace/name`` (non-blocking, never raises)."""
+    def emit(
+        self, *, namespace: str, name: str, uid: str, type_: str, reason: str, message: str,
+        kind: str = "Pod", api_version: str = "v1",
+    ) -> None:  # fmt: skip
+        """Queue an event about the object ``namespace/name`` (a pod unless ``kind`` says otherwise;
+        non-blocking, never raises)."""
         if type_ not in TYPES:
             log.error("event %s for %s/%s has invalid type %r; not sent", reason, namespace, name, type_)
             self.failed += 1
@@ -88,7 +96,7 @@ class EventRecorder:
         mono, wall = time.monotonic(), time.time()
         if mono >= self._next_prune:
             self._prune(mono)
-        key = (namespace, name, reason)
+        key = (kind, namespace, name, reason)
         last = self._last.get(key)
         if last is not None and mono - last < self.per_pod_interval:
             self.suppressed += 1
@@ -103,7 +111,19 @@ class EventRecorder:
         self._last[key] = mono
         folded, first = self._folded.pop(key, (0, wall))
         self._queue.append(
-            _Event(namespace, name, uid, type_, reason, message, 1 + folded, min(first, wall), wall)
+            _Event(
+                namespace,
+                name,
+                uid,
+                type_,
+                reason,
+                message,
+                kind,
+                api_version,
+                1 + folded,
+                min(first, wall),
+                wall,
+            )
         )
         self._wake.set()
 
@@ -139,8 +159,8 @@ class EventRecorder:
             "kind": "Event",
             "metadata": {"name": self._event_name(ev.name, ev.last), "namespace": ev.namespace},
             "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
+                "apiVersion": ev.api_version,
+                "kind": ev.kind,
                 "namespace": ev.namespace,
                 "name": ev.name,
                 "uid": ev.uid,
@@ -162,7 +182,9 @@ class EventRecorder:
             await request(self._api, "POST", path, body=self.body(ev), timeout=self.request_timeout)
         except ApiError as exc:
             self.failed += 1
-            log.warning("could not create event %s for pod %s/%s: %s", ev.reason, ev.namespace, ev.name, exc)
+            log.warning(
+                "could not create event %s for %s %s/%s: %s", ev.reason, ev.kind, ev.namespace, ev.name, exc
+            )
             return
         except Exception:
             self.failed += 1

@@ -25,10 +25,10 @@ from ehc.wire.checks import Check, Icmp, Tcp
 OPT_IN_LABEL = ANNOTATION
 """The same key as the pods' annotation, as a label, so the API server selects the objects."""
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
-CONTROLLERS = {
-    "endpointslice-controller.k8s.io": "the Kubernetes EndpointSlice controller",
-    "endpointslicemirroring-controller.k8s.io": "the Endpoints mirroring controller",
-}
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
+MIRRORING_CONTROLLER = "endpointslicemirroring-controller.k8s.io"
+TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+"""Set only by the Kubernetes Endpoints controller, on the Endpoints of a Service with a selector."""
 SLICE, ENDPOINTS = "EndpointSlice", "Endpoints"
 
 
@@ -63,11 +63,14 @@ def select_slice(s: EndpointSlice) -> Selection:
     """Decide whether and how the addresses of the slice ``s`` are checked."""
     meta = s.metadata
     manager = meta.labels.get(MANAGED_BY, "")
-    if manager in CONTROLLERS:
+    if manager == SLICE_CONTROLLER:
         return _refused(
-            f"label {OPT_IN_LABEL}=true on a slice managed by {CONTROLLERS[manager]} ({MANAGED_BY}={manager}): "
-            "it rewrites the slice, so ehc does not; check the pods behind it instead (annotate them)"
+            f"label {OPT_IN_LABEL}=true on a slice managed by the Kubernetes EndpointSlice controller "
+            f"({MANAGED_BY}={manager}): it rewrites the slice from the Service's pods, so ehc does not; "
+            "annotate the pods instead"
         )
+    if manager == MIRRORING_CONTROLLER:  # the label came with the mirrored Endpoints: no mistake to report
+        return Selection((), "mirrored from an Endpoints object, which is the one ehc checks and writes")
     if s.addressType not in ("IPv4", "IPv6"):
         return _refused(
             f"addressType {s.addressType}: ehc probes addresses, and a name's addresses change behind it; "
@@ -92,6 +95,12 @@ def select_slice(s: EndpointSlice) -> Selection:
 def select_endpoints(e: Endpoints) -> Selection:
     """Decide whether and how the addresses of the Endpoints object ``e`` are checked (ready and not)."""
     meta = e.metadata
+    if TRIGGER_TIME in meta.annotations:
+        return _refused(
+            f"label {OPT_IN_LABEL}=true on the Endpoints of a Service with a selector (annotation "
+            f"{TRIGGER_TIME}): the Endpoints controller rewrites it from the Service's pods, so ehc "
+            "does not; annotate the pods instead"
+        )
     problems: list[str] = []
     probe = _probe(meta, problems)
     seen: dict[str, AddressTarget] = {}
