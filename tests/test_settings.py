@@ -43,6 +43,14 @@ def test_flag_wins_over_env() -> None:
     assert s.timeout == 2.0
 
 
+def test_selectorless_is_off_by_default_and_a_bare_flag_turns_it_on() -> None:
+    assert (load(None, env={}).selectorless, load(None, env={}).selectorless_namespaces) == (False, ())
+    assert load(parse(["--selectorless"]), env={"EHC_SELECTORLESS": "false"}).selectorless is True
+    assert load(parse(["--selectorless", "false"]), env={}).selectorless is False
+    s = load(None, env={"EHC_SELECTORLESS": "True", "EHC_SELECTORLESS_NAMESPACES": " data, vms ,data,"})
+    assert (s.selectorless, s.selectorless_namespaces) == (True, ("data", "vms"))
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -75,6 +83,11 @@ def test_flag_wins_over_env() -> None:
         ({"LEASE_NAME": ""}, "LEASE_NAME='' is invalid: expected a DNS subdomain name"),
         ({"LEASE_NAME": "a/b"}, "LEASE_NAME='a/b' is invalid"),
         ({"LEASE_NAME": "Leader"}, "LEASE_NAME='Leader' is invalid"),
+        ({"EHC_SELECTORLESS": "yes"}, "EHC_SELECTORLESS='yes' is invalid: expected true or false"),
+        (
+            {"EHC_SELECTORLESS_NAMESPACES": "data,Vms"},
+            "EHC_SELECTORLESS_NAMESPACES='data,Vms' is invalid: expected namespace names",
+        ),
     ],
 )
 def test_bad_values_name_the_variable_the_value_and_what_is_allowed(

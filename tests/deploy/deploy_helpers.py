@@ -5,8 +5,10 @@ schemas (kubernetes-validate), and read a rendered Deployment's container."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,16 @@ def _kustomize(directory: str) -> str:
 def kustomize(tree: str) -> list[Obj]:
     """``kubectl kustomize deploy/kustomize/<tree>`` (e.g. ``base``, ``overlays/prod``)."""
     return [doc for doc in yaml.safe_load_all(_kustomize(str(KUSTOMIZE / tree))) if doc]
+
+
+def kustomize_with_components(tree: str, *components: str) -> list[Obj]:
+    """``tree`` with ``deploy/kustomize/components/<name>`` added, as an overlay listing them would."""
+    with tempfile.TemporaryDirectory() as overlay:
+        rel = os.path.relpath(KUSTOMIZE, overlay)  # kustomize refuses absolute paths
+        body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "resources": [f"{rel}/{tree}"], "components": [f"{rel}/components/{c}" for c in components]}  # fmt: skip
+        Path(overlay, "kustomization.yaml").write_text(yaml.safe_dump(body))
+        return [doc for doc in yaml.safe_load_all(_kustomize(overlay)) if doc]
 
 
 def one(objects: list[Obj], kind: str) -> Obj:

@@ -173,6 +173,7 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
         "affinity": {"nodeAffinity": {}},
         "priorityClassName": "",
         "podDisruptionBudget": {"enabled": False},
+        "selectorless": {"enabled": True, "namespaces": ["data", "legacy-vms"]},
     }  # fmt: skip
     objects, _ = render_chart(values, name="edge", namespace="ops")
     env = env_of(objects)
@@ -187,6 +188,7 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
         0.3, 12.5, "debug", "text", 0,
     )  # fmt: skip
     assert (s.lease_name, s.lease_duration, s.renew_deadline, s.retry_period) == ("ehc-lock", 10, 6, 2)
+    assert (s.selectorless, s.selectorless_namespaces) == (True, ("data", "legacy-vms"))
     assert s.metrics_address == ":8080"
     c = container(objects)
     assert c["args"] == ["--patch-burst", "7"]
@@ -200,8 +202,7 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
     assert "priorityClassName" not in spec
     kinds = sorted(o["kind"] for o in objects)
     assert "PodDisruptionBudget" not in kinds
-    role = one(objects, "Role")
-    assert role["metadata"]["namespace"] == "ops"
+    role = one([o for o in objects if o["metadata"].get("namespace") == "ops"], "Role")
     assert ["ehc-lock"] in [r.get("resourceNames") for r in role["rules"]]
     # The ServiceMonitor (a CRD, so not in the OpenAPI schemas) scrapes the metrics Service's port.
     monitor = one(objects, "ServiceMonitor")
@@ -248,6 +249,9 @@ def test_image_digest_and_disabled_parts() -> None:
         ({"hostNetwork": "yes"}, "/hostNetwork"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"selectorless": {"enabled": "yes"}}, "/selectorless/enabled"),
+        ({"selectorless": {"namespaces": ["Data"]}}, "/selectorless/namespaces/0"),
+        ({"selectorless": {"namespaces": "data"}}, "/selectorless/namespaces"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:

@@ -15,6 +15,7 @@ from deploy_helpers import (
     cpu_millicores,
     env_of,
     kustomize,
+    kustomize_with_components,
     memory_mib,
     one,
     render_chart,
@@ -160,3 +161,11 @@ def test_each_overlay_matches_the_chart_with_the_same_values(overlay: str) -> No
         one(x, "Deployment")["spec"]["template"]["spec"]["securityContext"] for x in (objects, chart)
     )
     assert sc_k == sc_c
+
+
+def test_the_selectorless_component_is_the_charts_selectorless_value() -> None:
+    """An overlay that lists the component installs what the chart does with selectorless.enabled."""
+    chart, _ = render_chart({"selectorless": {"enabled": True}})
+    built = kustomize_with_components("base", "selectorless")
+    assert env_of(built)["EHC_SELECTORLESS"] == "true" and env_of(built) == env_of(chart)
+    assert normalized(one(built, "ClusterRole")) == normalized(one(chart, "ClusterRole"))

@@ -7,6 +7,7 @@ that set must equal what the chart's ClusterRole and Role grant, and what the ku
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from deploy_helpers import kustomize, one, render_chart
+from deploy_helpers import kustomize, kustomize_with_components, one, render_chart
 from helpers import conditions_are, until
 
 from ehc.sim import SimCluster
@@ -62,7 +63,36 @@ def granted(rules: list[dict[str, Any]]) -> dict[Grant, list[str] | None]:
     return out
 
 
-async def record_ehc_run() -> list[tuple[Grant, str, str]]:
+OPTED_IN = (("endpointslices", "db-1"), ("endpoints", "db"))
+
+
+def opted_in_objects(api: Any, pod: Any, port: int) -> None:
+    """A selectorless Service's slice and legacy Endpoints, publishing ``pod``'s address by hand."""
+    labels = {"endpoint-health-checker.io/enabled": "true", "kubernetes.io/service-name": "db"}
+    api.ensure_namespace("data")
+    api.endpointslices.create({
+        "metadata": {"name": "db-1", "namespace": "data", "labels": labels}, "addressType": "IPv4",
+        "endpoints": [{"addresses": [pod.ip], "conditions": {"ready": True}}], "ports": [{"port": port}],
+    })  # fmt: skip
+    api.endpoints.create({
+        "metadata": {"name": "db", "namespace": "data", "labels": labels},
+        "subsets": [{"addresses": [{"ip": pod.ip}], "ports": [{"port": port}]}],
+    })  # fmt: skip
+
+
+async def race_owner_edit(api: Any, plural: str, name: str) -> None:
+    """Edit the object while ehc's write of it is on its way, then wait for ehc's write to land."""
+    objects = api.endpointslices if plural == "endpointslices" else api.endpoints
+    await until(lambda: bool(api.write_log.select(resource=plural, verb="PATCH")), f"ehc writing {plural}")
+    owner = copy.deepcopy(objects.get("data", name))
+    owner["metadata"].setdefault("annotations", {})["edited-by"] = "owner"
+    assert objects.update("data", name, owner, actor="owner")[1]
+    await until(
+        lambda: bool(api.write_log.select(resource=plural, verb="PATCH", ok=True)), f"{plural} written"
+    )
+
+
+async def record_ehc_run(selectorless: bool = False) -> list[tuple[Grant, str, str]]:
     sim = SimCluster(nodes=3, pods_per_node=6, netns=False, kubelet_delay=None)
     seen: list[tuple[str, str, dict[str, str]]] = []
     handle = sim.api._handle
@@ -77,15 +107,26 @@ async def record_ehc_run() -> list[tuple[Grant, str, str]]:
         gate = [p for p in fleet.targets() if p.style == "gate"]
         victim = "sim-node-000"
         assert gate and any(p.opted_in and p.ports for p in fleet.pods_on(victim))
+        extra = []
+        if selectorless:
+            backend = next(p for p in fleet.pods_on(victim) if p.ports)
+            opted_in_objects(api, backend, backend.ports[0])
+            extra = ["--selectorless"]
+            # ehc's first write of each object is held up while the owner edits it: the write is refused
+            # on the stale version, and ehc reads the object again (get).
+            for plural, name in OPTED_IN:
+                api.faults.delay(1.0, count=1, verb="PATCH", path=f"/{plural}/{name}$")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig, "--identity", "ehc-a",
-            "--namespace", LEASE_NAMESPACE, "--lease-name", LEASE_NAME, *FAST,
+            "--namespace", LEASE_NAMESPACE, "--lease-name", LEASE_NAME, *FAST, *extra,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
             await until(conditions_are(api, gate, "True"), "every gate pod's first value")
             # Without a network namespace the node's ports refuse connections (pings still answer).
             fleet.power_off(victim)
+            if selectorless:
+                await asyncio.gather(*(race_owner_edit(api, plural, name) for plural, name in OPTED_IN))
             await until(
                 lambda: bool(api.write_log.select(resource="events", actor="client", ok=True)), "an Event"
             )
@@ -100,6 +141,15 @@ async def record_ehc_run() -> list[tuple[Grant, str, str]]:
 @pytest.fixture(scope="module")
 def recorded() -> list[tuple[Grant, str, str]]:
     return asyncio.run(record_ehc_run())
+
+
+@pytest.fixture(scope="module")
+def recorded_selectorless() -> list[tuple[Grant, str, str]]:
+    return asyncio.run(record_ehc_run(selectorless=True))
+
+
+SELECTORLESS = {(group, resource, verb) for group, resource in (("discovery.k8s.io", "endpointslices"), ("", "endpoints"))
+                for verb in ("get", "list", "watch", "patch")}  # fmt: skip
 
 
 def test_ehc_run_uses_pods_events_and_its_lease(recorded: list[tuple[Grant, str, str]]) -> None:
@@ -149,3 +199,34 @@ def test_rbac_grants_exactly_what_ehc_uses(recorded: list[tuple[Grant, str, str]
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
         ]
+
+
+def test_selectorless_uses_exactly_the_grants_of_its_chart_value_and_kustomize_component(
+    recorded: list[tuple[Grant, str, str]], recorded_selectorless: list[tuple[Grant, str, str]]
+) -> None:
+    used = {g for g, _, _ in recorded_selectorless} - {g for g, _, _ in recorded}
+    assert used == SELECTORLESS  # every one of them exercised, the get by a write conflict
+    chart, _ = render_chart({"leaderElection": {"leaseName": LEASE_NAME}, "selectorless": {"enabled": True}})
+    component = kustomize_with_components("base", "selectorless")
+    for objects in (chart, component):
+        cluster = granted(one(objects, "ClusterRole")["rules"])
+        assert set(cluster) == {g for g, _, _ in recorded_selectorless} - {
+            g for g, _, _ in recorded_selectorless if g[0] == "coordination.k8s.io"
+        }
+    # Limited to namespaces: nothing cluster-wide, a Role and RoleBinding in each namespace.
+    chart, _ = render_chart({"selectorless": {"enabled": True, "namespaces": ["data", "legacy"]}})
+    default, _ = render_chart()
+    assert one(chart, "ClusterRole")["rules"] == one(default, "ClusterRole")["rules"]
+
+    def selectorless(kind: str) -> dict[str, Any]:
+        return {
+            o["metadata"]["namespace"]: o
+            for o in chart
+            if o["kind"] == kind and "selectorless" in o["metadata"]["name"]
+        }
+
+    roles, bindings = selectorless("Role"), selectorless("RoleBinding")
+    assert roles.keys() == bindings.keys() == {"data", "legacy"}
+    for namespace, role in roles.items():
+        assert set(granted(role["rules"])) == SELECTORLESS
+        assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]

@@ -102,3 +102,16 @@ limits:
   memory: {{ printf "%dMi" (mul 2 $mem) }}
 {{- end }}
 {{- end }}
+
+{{/*
+What selectorless Services need: read the opted-in EndpointSlices and Endpoints (get only after a
+write conflict) and patch their readiness.
+*/}}
+{{- define "ehc.selectorlessRules" -}}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["endpoints"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
