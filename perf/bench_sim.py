@@ -96,9 +96,10 @@ def _patch_proc(url: str, names: list[tuple[str, str]], count: int, concurrency:
 async def bench(pods: int, patches: int, http_patches: int) -> None:
     nodes = max(1, pods // 400)
     t0 = time.perf_counter()
-    sim = SimCluster(
-        nodes, pods // nodes, netns=False, listeners=False, kubelet_delay=None, history=patches + 10
-    )
+    sim = SimCluster(  # the bare API server: no Services, so no EndpointSlice-controller stand-in
+        nodes, pods // nodes, netns=False, listeners=False, kubelet_delay=None, history=patches + 10,
+        services=False, slice_controller=False,
+    )  # fmt: skip
     await sim.start()
     try:
         api = sim.api

@@ -129,11 +129,15 @@ async def test_a_dead_address_goes_out_of_its_slice_alone_and_comes_back(harness
     obj = harness.slices.get(NS, "db-a")
     assert obj is not None and before is not None
     assert [e["targetRef"] for e in obj["endpoints"]] == [e["targetRef"] for e in before["endpoints"]]
-    events = [e for e, _ in harness.api.events.objects.values() if e["involvedObject"]["name"] == "db-a"]
-    assert any(
-        e["reason"] == "EndpointUnhealthy" and e["involvedObject"]["kind"] == "EndpointSlice"
-        and "127.0.3.2" in e["message"] for e in events
-    )  # fmt: skip
+
+    def said() -> bool:  # Events are sent after the write lands, on their own queue
+        return any(
+            e["reason"] == "EndpointUnhealthy" and e["involvedObject"]["kind"] == "EndpointSlice"
+            and e["involvedObject"]["name"] == "db-a" and "127.0.3.2" in e["message"]
+            for e, _ in harness.api.events.objects.values()
+        )  # fmt: skip
+
+    await until(said, "an Event on the slice naming the address")
 
     await harness.backends.up("127.0.3.2")
     await until(lambda: not harness.not_ready("db-a"), "the address back in the slice")

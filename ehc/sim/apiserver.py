@@ -2,8 +2,9 @@
 
 Serves pods (list/get/watch/patch status), nodes, namespaces, coordination.k8s.io/v1 Leases,
 core/v1 and events.k8s.io/v1 Events, Services, Endpoints, discovery.k8s.io/v1 EndpointSlices (the
-objects only: no controller fills them), and enough discovery for kubectl and kubernetes_asyncio.
-Every write is recorded in ``write_log``; ``faults`` injects errors, throttling and latency.
+objects only: ``ehc.sim.slicectl`` fills slices for Services with selectors), and enough discovery for
+kubectl and kubernetes_asyncio. Every write is recorded in ``write_log``; ``faults`` injects errors,
+throttling and latency.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ehc.sim.faults import Faults
 from ehc.sim.patch import PATCH_TYPES, PatchError, apply_patch
 from ehc.sim.selectors import SelectorError, combine, field_selector, label_selector
 from ehc.sim.store import AlreadyExists, Collection, Conflict, NotFound, Resource, Store, Watcher
-from ehc.sim.writelog import WriteEntry, WriteLog
+from ehc.sim.writelog import WriteEntry, WriteLog, address_changes
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
@@ -73,6 +74,7 @@ _REASONS = {
     503: "ServiceUnavailable",
 }
 _WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_ADDRESS_KINDS = frozenset({"endpointslices", "endpoints"})  # writes that record per-address changes
 _CONDITION_STATUSES = frozenset({"True", "False", "Unknown"})
 _ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 
@@ -135,6 +137,14 @@ def _condition_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[
     """Pod conditions whose status differs between ``old`` and ``new``."""
     before, after = _conditions(old), _conditions(new)
     return {t: s for t, s in after.items() if before.get(t) != s}
+
+
+def _record_changes(entry: WriteEntry, plural: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """What a write that changed an object changed: pod conditions, or an address's conditions."""
+    if plural == "pods":
+        entry.changes = _condition_changes(old, new)
+    elif plural in _ADDRESS_KINDS:
+        entry.addresses = address_changes(old, new)
 
 
 _Parts = tuple[Resource, str | None, str | None, str]  # resource, namespace, name, subresource
@@ -337,6 +347,36 @@ class ApiServer:
     def delete_pod(self, namespace: str, name: str, actor: str = "sim") -> None:
         self.pods.delete(namespace, name, actor=actor)
 
+    def write(
+        self, col: Collection, verb: str, namespace: str, name: str, obj: dict[str, Any] | None, actor: str
+    ) -> bool:
+        """A controller's write from inside the simulator (POST ``obj``, PUT ``obj`` as the whole new
+        object, or DELETE), logged like a client's request under ``actor``. Returns whether the object
+        changed; a PUT equal to the stored object is a no-op, as on the real server."""
+        res = col.res
+        prefix = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        path = f"{prefix}/namespaces/{namespace}/{res.plural}" if res.namespaced else f"{prefix}/{res.plural}"
+        entry = WriteEntry(
+            time.monotonic(), time.time(), verb, path if verb == "POST" else f"{path}/{name}", res.plural,
+            "", namespace, name, "application/json", None, actor=actor,
+        )  # fmt: skip
+        self.write_log.append(entry)
+        old = col.get(namespace, name)
+        if verb == "POST":
+            assert obj is not None
+            new, changed, status = col.create(obj, actor=actor), True, 201
+        elif verb == "PUT":
+            assert obj is not None
+            new, changed = col.update(namespace, name, obj, actor=actor)
+            status = 200
+        else:
+            new, changed, status = col.delete(namespace, name, actor=actor), True, 200
+        entry.status, entry.changed = status, changed
+        if changed and verb != "DELETE":
+            _record_changes(entry, res.plural, old, new)
+        self.write_log.finished(entry)
+        return changed
+
     def close_watches(self, abrupt: bool = True) -> int:
         """End every open watch; ``abrupt`` drops the connection mid-stream (no chunked terminator)."""
         count = 0
@@ -473,7 +513,12 @@ class ApiServer:
                     return await self._watch(request, col, ns, match)
                 return self._list(request, col, ns, match)
             if verb == "POST" and (ns is not None or not res.namespaced):
-                return self._create(col, ns or "", body)
+                created = self._create(col, ns or "", body)
+                if entry is not None:
+                    entry.name, entry.changed = created["metadata"]["name"], True
+                    if res.plural in _ADDRESS_KINDS:  # a new address counts as changed
+                        entry.addresses = address_changes(None, created)
+                return _json(_encode(created), 201)
             raise ApiError(405, f"the server does not allow this method on the requested resource ({verb})")
         key_ns = ns or ""
         if res.namespaced and ns is None:
@@ -495,14 +540,16 @@ class ApiServer:
             obj, changed = self._patch(col, key_ns, name, sub, ctype, body, "client")
             if entry is not None:
                 entry.changed = changed
-                entry.changes = _condition_changes(old, obj) if changed and res.plural == "pods" else None
+                if changed:
+                    _record_changes(entry, res.plural, old, obj)
             return _json(_encode(obj))
         if verb == "PUT":
             old = col.get(key_ns, name)
             obj, changed = self._replace(col, key_ns, name, sub, body)
             if entry is not None:
                 entry.changed = changed
-                entry.changes = _condition_changes(old, obj) if changed and res.plural == "pods" else None
+                if changed:
+                    _record_changes(entry, res.plural, old, obj)
             return _json(_encode(obj))
         if verb == "DELETE":
             try:
@@ -661,7 +708,7 @@ class ApiServer:
             await resp.write(b"".join(w.buf))
             w.buf.clear()
 
-    def _create(self, col: Collection, ns: str, body: bytes) -> web.Response:
+    def _create(self, col: Collection, ns: str, body: bytes) -> dict[str, Any]:
         res = col.res
         try:
             obj = _decode(body)
@@ -694,7 +741,7 @@ class ApiServer:
             raise ApiError(
                 409, f'{res.qualified} "{name}" already exists', "AlreadyExists", _details(res, name)
             ) from None
-        return _json(_encode(created), 201)
+        return created
 
     def _merge_sub(self, res: Resource, old: dict[str, Any], new: dict[str, Any], sub: str) -> dict[str, Any]:
         """What a write may change: only status via ``/status``, everything but status otherwise."""

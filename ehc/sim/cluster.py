@@ -1,5 +1,5 @@
-"""``SimCluster``: the API server, the fleet, the kubelet stand-in and the namespace, started and torn
-down together (``async with SimCluster(nodes=…, pods_per_node=…) as sim``)."""
+"""``SimCluster``: the API server, the fleet, the kubelet and EndpointSlice controller stand-ins and the
+namespace, started and torn down together (``async with SimCluster(nodes=…, pods_per_node=…) as sim``)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from ehc.sim import netns as netns_mod
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.fleet import Fleet, FleetSpec
 from ehc.sim.kubelet import Kubelet
+from ehc.sim.slicectl import SliceController
 
 log = logging.getLogger(__name__)
 
 
 class SimCluster:
     """A simulated cluster. ``netns=None`` uses a private network namespace when root (else falls back
-    and logs what is lost); ``kubelet_delay=None`` disables the kubelet stand-in."""
+    and logs what is lost); ``kubelet_delay=None`` disables the kubelet stand-in; ``slice_controller``
+    runs the EndpointSlice controller stand-in for Services with selectors."""
 
     def __init__(
         self,
@@ -33,6 +35,7 @@ class SimCluster:
         token: str | None = None,
         kubelet_delay: float | None = 5.0,
         listeners: bool = True,
+        slice_controller: bool = True,
         bookmark_interval: float = 5.0,
         history: int = 20_000,
         **spec_args: Any,
@@ -49,6 +52,8 @@ class SimCluster:
         self.netns: str | None = None
         self.fleet: Fleet
         self.kubelet: Kubelet | None = None
+        self.slice_controller: SliceController | None = None
+        self._want_slices = slice_controller
         self.kubeconfig = ""
         self._workdir = ""
 
@@ -70,6 +75,8 @@ class SimCluster:
                 atexit.register(self._atexit)
                 # Same address and port inside the namespace, so one kubeconfig works on both sides.
                 await self.api.add_socket(netns_mod.listen_in(self.netns, "127.0.0.1", self.api.port))
+            if self._want_slices:
+                self.slice_controller = SliceController(self.api)
             self.fleet = Fleet(self.api, self.spec, self.netns, self.listeners)
             await self.fleet.start()
             if self.kubelet_delay is not None:
@@ -83,6 +90,8 @@ class SimCluster:
     async def stop(self) -> None:
         if self.kubelet is not None:
             self.kubelet.close()
+        if self.slice_controller is not None:
+            self.slice_controller.close()
         if hasattr(self, "fleet"):
             await self.fleet.stop()
         await self.api.stop()

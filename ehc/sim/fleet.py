@@ -8,6 +8,14 @@ the kernel and one dual-stack wildcard listener per port number serves all pods;
 make nodes and pods fail. Without root there is no namespace: pods get per-address listeners in the
 current namespace, IPv6 pods become IPv4, and the only injectable failure is a closed listener.
 
+Services: each workload (the pods of one template in one namespace) has a Service selecting them by
+``app``, whose EndpointSlices the slice controller stand-in (``ehc.sim.slicectl``) keeps. External
+backends (``FleetSpec.external_per_node``) are addresses from the top of each node's /22, answering
+TCP on their port like pods do and failing with their node, published by selectorless Services: half
+the groups as EndpointSlices of a third party, half as legacy Endpoints objects, each group ("database
+cluster") holding addresses from up to 20 nodes, so one object can have some addresses on a dead node
+and some alive.
+
 Application health: when the fleet has pods annotated ``endpoint-health-checker.io/probe: readiness``
 (``FleetSpec.readiness_every``), a second process (``ehc.sim.appserver``) serves the HTTP and gRPC probe
 ports (8080 and 9100, 9090) of every pod with real servers (aiohttp; grpcio's health servicer), and
@@ -22,6 +30,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -35,6 +44,7 @@ from ehc.kube.model import ANNOTATION, GATE, PROBE_ANNOTATION
 from ehc.sim import netns as netns_mod
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.nft import Nft
+from ehc.sim.slicectl import MANAGED_BY, SERVICE_NAME
 from ehc.sim.store import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -140,6 +150,14 @@ GRPC_PORTS = _ports_of("grpc")
 """Ports the application process serves with gRPC health."""
 APP_PORTS = frozenset(HTTP_PORTS + GRPC_PORTS)
 
+EXTERNAL_SLICE_PORT = ("postgres", 5432)  # what external backends published as EndpointSlices serve
+EXTERNAL_ENDPOINTS_PORT = ("redis", 6379)  # and those published as legacy Endpoints
+EXTERNAL_PORTS = (EXTERNAL_SLICE_PORT[1], EXTERNAL_ENDPOINTS_PORT[1])
+EXTERNAL_GROUP = 20  # addresses per selectorless Service at most
+EXTERNAL_MANAGER = "example.com/db-operator"  # managed-by of the external backends' slices
+ENABLED_LABEL = ANNOTATION  # as a label, it opts an EndpointSlice or Endpoints object in
+SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
+
 
 @dataclass
 class FleetSpec:
@@ -170,6 +188,11 @@ class FleetSpec:
     # readiness); None: only when there are some. Costs a process and, for clients that close
     # connections normally instead of resetting them, the servers' CPU on every TCP probe.
     app_servers: bool | None = None
+    # A Service with a selector for each workload, so a slice controller derives their EndpointSlices
+    # (SimCluster runs the stand-in); costs a slice write for each pod write that changes readiness.
+    services: bool = True
+    # Addresses per node for external backends behind selectorless Services (see the module docstring).
+    external_per_node: int = 0
 
 
 @dataclass
@@ -214,6 +237,20 @@ class SimPod:
         return (self.namespace, self.name)
 
 
+@dataclass(frozen=True)
+class SimExternal:
+    """One address of an external backend: which object publishes it, where it lives, what it serves."""
+
+    kind: str  # "EndpointSlice" | "Endpoints"
+    namespace: str
+    name: str  # of the EndpointSlice or Endpoints object
+    service: str  # the selectorless Service it backs
+    ip: str
+    node: str
+    node_index: int
+    port: int
+
+
 def node_name(i: int) -> str:
     return f"sim-node-{i:03d}"
 
@@ -231,8 +268,8 @@ def host_ip(i: int) -> str:
 
 def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
     """The pods of ``spec``, deterministic for a given seed."""
-    if spec.pods_per_node > BLOCK - 3:
-        raise ValueError(f"at most {BLOCK - 3} pods per node")
+    if spec.pods_per_node + spec.external_per_node > BLOCK - 3:
+        raise ValueError(f"at most {BLOCK - 3} pods and external addresses per node")
     if spec.nodes > 4096:
         raise ValueError("at most 4096 nodes")
     rng = random.Random(spec.seed)
@@ -269,6 +306,89 @@ def build_pods(spec: FleetSpec, ipv6: bool = True) -> list[SimPod]:
             )
             k += 1
     return pods
+
+
+def build_externals(spec: FleetSpec) -> list[SimExternal]:
+    """The external backends of ``spec``: addresses taken one round over the nodes after another and
+    cut into groups of at most ``EXTERNAL_GROUP`` (at least two groups when there are two addresses,
+    so both kinds exist); even groups are published as EndpointSlices, odd ones as Endpoints."""
+    rounds = [(e, i) for e in range(spec.external_per_node) for i in range(spec.nodes)]
+    size = max(1, min(EXTERNAL_GROUP, math.ceil(len(rounds) / 2)))
+    out = []
+    for g, start in enumerate(range(0, len(rounds), size)):
+        as_slice = g % 2 == 0
+        service = f"{'pg' if as_slice else 'redis'}-{g:03d}"
+        kind, name = ("EndpointSlice", f"{service}-1") if as_slice else ("Endpoints", service)
+        port = (EXTERNAL_SLICE_PORT if as_slice else EXTERNAL_ENDPOINTS_PORT)[1]
+        ns = spec.namespaces[g % len(spec.namespaces)]
+        for e, i in rounds[start : start + size]:
+            ip = str(ipaddress.IPv4Address(_BASE4 + i * BLOCK + BLOCK - 2 - e))
+            out.append(SimExternal(kind, ns, name, service, ip, node_name(i), i, port))
+    return out
+
+
+def external_manifests(externals: list[SimExternal]) -> list[tuple[str, dict[str, Any]]]:
+    """("services" | "endpointslices" | "endpoints", object) for each group of external backends: its
+    selectorless Service and the EndpointSlice or Endpoints object publishing its addresses."""
+    groups: dict[tuple[str, str, str], list[SimExternal]] = {}
+    for x in externals:
+        groups.setdefault((x.kind, x.namespace, x.name), []).append(x)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for (kind, ns, name), members in groups.items():
+        service = members[0].service
+        pname, port = EXTERNAL_SLICE_PORT if kind == "EndpointSlice" else EXTERNAL_ENDPOINTS_PORT
+        svc_meta = {"name": service, "namespace": ns, "labels": {"app.kubernetes.io/name": pname}}
+        svc_ports = [{"name": pname, "port": port, "targetPort": port, "protocol": "TCP"}]
+        out.append(("services", {"metadata": svc_meta, "spec": {"ports": svc_ports}}))
+        ports = [{"name": pname, "port": port, "protocol": "TCP"}]
+        meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": {ENABLED_LABEL: "true"}}
+        if kind == "EndpointSlice":
+            meta["labels"].update({SERVICE_NAME: service, MANAGED_BY: EXTERNAL_MANAGER})
+            endpoints = [
+                {
+                    "addresses": [x.ip],
+                    "conditions": {"ready": True, "serving": True, "terminating": False},
+                    "nodeName": x.node,
+                }
+                for x in members
+            ]
+            out.append(
+                (
+                    "endpointslices",
+                    {"metadata": meta, "addressType": "IPv4", "endpoints": endpoints, "ports": ports},
+                )
+            )
+        else:
+            meta["labels"][SKIP_MIRROR] = "true"
+            addresses = [{"ip": x.ip, "nodeName": x.node} for x in members]
+            out.append(
+                ("endpoints", {"metadata": meta, "subsets": [{"addresses": addresses, "ports": ports}]})
+            )
+    return out
+
+
+def workload_services(pods: list[SimPod]) -> list[dict[str, Any]]:
+    """A Service for each workload (namespace × template) selecting its pods by ``app``: the template's
+    container ports, named ones targeted by name; headless without ports, as a Service must be."""
+    out = []
+    for ns, template in dict.fromkeys((p.namespace, p.template) for p in pods):
+        ports = [
+            {
+                "name": cp.get("name") or f"port-{cp['containerPort']}",
+                "port": cp["containerPort"],
+                "targetPort": cp.get("name") or cp["containerPort"],
+                "protocol": cp.get("protocol", "TCP"),
+            }
+            for c in TEMPLATES[template][0]
+            for cp in c.get("ports", [])
+        ]
+        spec: dict[str, Any] = {"selector": {"app": template}, "ports": ports, "type": "ClusterIP"}
+        if not ports:
+            spec["clusterIP"] = "None"
+        out.append(
+            {"metadata": {"name": template, "namespace": ns, "labels": {"app": template}}, "spec": spec}
+        )
+    return out
 
 
 def _container(c: dict[str, Any], pod: SimPod) -> dict[str, Any]:
@@ -391,6 +511,7 @@ class Fleet:
         self.netns = netns
         self.listeners = listeners
         self.pods = build_pods(spec, ipv6=netns is not None)
+        self._externals = build_externals(spec)
         self.nodes = [node_name(i) for i in range(spec.nodes)]
         self._by_key = {p.key: p for p in self.pods}
         self._by_name: dict[str, SimPod] = {}
@@ -423,6 +544,14 @@ class Fleet:
             self.api.nodes.create(node_manifest(i), actor="sim")
         for p in self.pods:
             self.api.create_pod(pod_manifest(p))
+        # After the pods, so a slice controller builds each Service's slices in one go.
+        objects = [("services", svc) for svc in workload_services(self.pods)] if self.spec.services else []
+        objects += external_manifests(self._externals)
+        cols = {"services": self.api.services, "endpointslices": self.api.endpointslices,
+                "endpoints": self.api.endpoints}  # fmt: skip
+        for plural, obj in objects:
+            self.api.ensure_namespace(obj["metadata"]["namespace"])
+            cols[plural].create(obj, actor="sim")
         if self.netns is not None:
             subprocess.run(
                 ["ip", "-n", self.netns, "-6", "route", "add", "local", POD_NET6, "dev", "lo"],
@@ -451,7 +580,10 @@ class Fleet:
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         prefix = netns_mod.exec_prefix(self.netns) if self.netns is not None else []
         cmd = [*prefix, sys.executable, "-m", "ehc.sim.listener"]
-        tcp_ports = [p for p in PROBE_PORTS if not (self.app_servers and p in APP_PORTS)]
+        tcp_ports = sorted(
+            {p for p in PROBE_PORTS if not (self.app_servers and p in APP_PORTS)}
+            | {x.port for x in self._externals}
+        )
         if self.netns is not None and tcp_ports:
             cmd += ["--wildcard", ",".join(map(str, tcp_ports))]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -469,6 +601,7 @@ class Fleet:
             self._app_health(True, grpc_pods)
         if self.netns is None:
             self._listener_cmd("open", [(p.ip, port) for p in self.pods for port in p.ports])
+            self._listener_cmd("open", [(x.ip, x.port) for x in self._externals])
 
     def _listener_cmd(self, op: str, addrs: list[tuple[str, int]]) -> None:
         """Open or close per-address listeners (no namespace), each in the process serving its port."""
@@ -507,6 +640,13 @@ class Fleet:
 
     def pods_on(self, node: str) -> list[SimPod]:
         return [p for p in self.pods if p.node == node]
+
+    def externals(self) -> list[SimExternal]:
+        """Every external backend address (``FleetSpec.external_per_node``), grouped by object."""
+        return list(self._externals)
+
+    def externals_on(self, node: str) -> list[SimExternal]:
+        return [x for x in self._externals if x.node == node]
 
     def targets(self) -> list[SimPod]:
         """The pods ehc should probe (opted in by annotation or readiness gate)."""
@@ -558,13 +698,15 @@ class Fleet:
         return self._nft
 
     def power_off(self, node: str) -> None:
-        """Node loses power: every packet to its pods is dropped silently (connects time out)."""
+        """Node loses power: every packet to its pods and external addresses is dropped silently
+        (connects time out)."""
         self._node_index(node)
         self.down_nodes.add(node)
         if self._nft is not None:
             self._nft.drop(node_cidrs(self._node_index(node)), True)
         else:
             self._listener_cmd("close", [(p.ip, port) for p in self.pods_on(node) for port in p.ports])
+            self._listener_cmd("close", [(x.ip, x.port) for x in self.externals_on(node)])
 
     def recover(self, node: str) -> None:
         """Power the node back on (ports closed per pod stay closed)."""
@@ -582,6 +724,7 @@ class Fleet:
                     if (p.key, port) not in self.closed_ports
                 ],
             )
+            self._listener_cmd("open", [(x.ip, x.port) for x in self.externals_on(node)])
 
     def power_off_pod(self, ref: PodRef) -> None:
         """One pod goes silent (its address drops everything)."""

@@ -138,6 +138,9 @@ class Collection:
         self.compacted_rv = 0  # events with rv <= this are no longer in the history
         self.watchers: set[Watcher] = set()
         self.hooks: list[ChangeHook] = []
+        # How a stored object becomes JSON; a controller that keeps parts of its objects encoded may
+        # splice them in (``msgspec.Raw``) instead of encoding a large object again for each change.
+        self.encode: Callable[[dict[str, Any]], bytes] = _encode
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, ns: str, name: str) -> dict[str, Any] | None:
@@ -163,7 +166,7 @@ class Collection:
     ) -> None:
         rv = self.store.next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
-        raw = _encode(obj)
+        raw = self.encode(obj)
         if typ == "DELETED":
             self.objects.pop(key, None)
         else:

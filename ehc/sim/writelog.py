@@ -1,5 +1,5 @@
-"""The API server's record of every write, so a harness measures when a pod was marked NotReady
-instead of inferring it."""
+"""The API server's record of every write, so a harness measures when a pod was marked NotReady, or
+an address of an EndpointSlice or Endpoints object not ready, instead of inferring it."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ class WriteEntry:
     changed: bool = False  # whether the object changed (a new resourceVersion)
     actor: str = "client"
     changes: dict[str, str] | None = None  # pod condition type -> new status, for those this write changed
+    # EndpointSlices and Endpoints: address -> the conditions this write changed ("ready", and for a
+    # slice "serving", "terminating") and their new values; a new address counts as changed.
+    addresses: dict[str, dict[str, bool]] | None = None
 
     def conditions(self) -> list[dict[str, Any]]:
         """Pod conditions this write sets, whatever the patch form."""
@@ -55,6 +58,64 @@ class WriteEntry:
         if self.changes and self.changes.get(ctype) == status:
             return True
         return any(c.get("type") == ctype and c.get("status") == status for c in self.conditions())
+
+
+def _slice_state(ep: dict[str, Any]) -> dict[str, bool]:
+    """An EndpointSlice endpoint's conditions, ``nil`` read as the API documents (ready true, serving
+    as ready, terminating false)."""
+    c = ep.get("conditions") or {}
+    ready = c.get("ready") is not False
+    serving = ready if c.get("serving") is None else bool(c["serving"])
+    return {"ready": ready, "serving": serving, "terminating": bool(c.get("terminating"))}
+
+
+def _endpoints_states(obj: dict[str, Any] | None) -> dict[str, dict[str, bool]]:
+    """Address -> readiness in an Endpoints object: ready when listed in some subset's ``addresses``,
+    not ready when only in ``notReadyAddresses``."""
+    out: dict[str, dict[str, bool]] = {}
+    for subset in (obj or {}).get("subsets") or []:
+        for a in subset.get("notReadyAddresses") or []:
+            out.setdefault(a.get("ip"), {"ready": False})
+        for a in subset.get("addresses") or []:
+            out[a.get("ip")] = {"ready": True}
+    return out
+
+
+def address_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """Per address of ``new`` (an EndpointSlice or Endpoints), the conditions that differ from ``old``
+    (all of them for a new address).
+
+    A slice endpoint that is the very same dict at the same place in both versions is skipped unread:
+    the slice controller stand-in rewrites a slice of up to 100 endpoints for one pod's change."""
+    if new.get("kind") == "Endpoints":
+        before, after = _endpoints_states(old), _endpoints_states(new)
+    else:
+        old_eps = (old or {}).get("endpoints") or []
+        n = len(old_eps)
+        changed = [
+            (i, ep) for i, ep in enumerate(new.get("endpoints") or []) if i >= n or old_eps[i] is not ep
+        ]
+        if not changed:
+            return {}
+        after, before = {}, {}
+        index: dict[str, dict[str, Any]] | None = None  # address -> old endpoint, built if needed
+        for i, ep in changed:
+            for ip in ep.get("addresses") or []:
+                after[ip] = _slice_state(ep)
+                prev = old_eps[i] if i < n and ip in (old_eps[i].get("addresses") or ()) else None
+                if prev is None:
+                    if index is None:
+                        index = {a: o for o in old_eps for a in o.get("addresses") or []}
+                    prev = index.get(ip)
+                if prev is not None:
+                    before[ip] = _slice_state(prev)
+    out: dict[str, dict[str, bool]] = {}
+    for ip, state in after.items():
+        prev = before.get(ip, {})
+        diff = {c: v for c, v in state.items() if prev.get(c) is not v}
+        if diff:
+            out[ip] = diff
+    return out
 
 
 class WriteLog:
@@ -133,6 +194,44 @@ class WriteLog:
             if e.changes and "False" in (e.changes.get(GATE), e.changes.get(READY)):
                 out.setdefault((e.namespace, e.name), e.mono)
         return out
+
+    def first_address_change(
+        self,
+        resource: str,
+        condition: str = "ready",
+        value: bool = False,
+        since: float = 0.0,
+        actor: str | None = None,
+    ) -> dict[tuple[str, str, str], float]:
+        """(namespace, object name, address) -> monotonic time of the first successful write since
+        ``since`` (by ``actor``, or anyone) that changed the address's ``condition`` to ``value``, on
+        ``resource`` ("endpointslices" or "endpoints").
+
+        By what each write changed, as ``first_taken_out``: an address already not ready is not taken
+        out again by a later write of its object."""
+        out: dict[tuple[str, str, str], float] = {}
+        for e in self.entries:
+            if e.mono < since or e.resource != resource or not e.addresses or not 200 <= e.status < 300:
+                continue
+            if actor is not None and e.actor != actor:
+                continue
+            for ip, changed in e.addresses.items():
+                if changed.get(condition) is value:
+                    out.setdefault((e.namespace, e.name, ip), e.mono)
+        return out
+
+    def slice_not_ready(
+        self, since: float = 0.0, actor: str | None = None
+    ) -> dict[tuple[str, str, str], float]:
+        """(namespace, slice name, address) -> when an EndpointSlice write first set its ``ready`` false."""
+        return self.first_address_change("endpointslices", "ready", False, since, actor)
+
+    def endpoints_not_ready(
+        self, since: float = 0.0, actor: str | None = None
+    ) -> dict[tuple[str, str, str], float]:
+        """(namespace, Endpoints name, address) -> when an Endpoints write first moved it to
+        ``notReadyAddresses``."""
+        return self.first_address_change("endpoints", "ready", False, since, actor)
 
     def first_marked(self, ctype: str = "Ready", status: str = "False") -> dict[tuple[str, str], float]:
         """(namespace, name) -> monotonic time of the first successful write setting the condition."""
