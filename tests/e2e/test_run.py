@@ -178,11 +178,16 @@ def test_demo_json_reports_the_measured_figures() -> None:
     assert summary["detected"] == summary["victim_pods"] > 0
     assert summary["false_unhealthy"] == 0
     assert summary["writes_per_transition"] == 1.0
+    for figure in ("detection_seconds", "unrouted_seconds", "backend_detection_seconds"):
+        assert 0 < summary[figure]["p50"] <= summary[figure]["p99"] <= summary[figure]["max"], figure
+    # A pod leaves its Service's slice when the slice controller sees ehc's condition write, not before.
+    assert summary["unrouted_seconds"]["max"] >= summary["detection_seconds"]["max"]
+    assert summary["backends_detected"] == summary["victim_backends"] > 0
+    # At most one write per address; fewer when verdicts for one object coincide.
     assert (
-        0
-        < summary["detection_seconds"]["p50"]
-        <= summary["detection_seconds"]["p99"]
-        <= summary["detection_seconds"]["max"]
+        1
+        <= summary["writes_per_backend_object"]
+        <= summary["victim_backends"] / summary["victim_backend_objects"]
     )
 
 
@@ -317,5 +322,62 @@ async def test_the_command_ehc_sim_prints_runs_ehc_in_its_namespace() -> None:
         try:
             await until(conditions_are(sim.api, gate_pods, "True"), "the printed command at work")
             assert proc.returncode is None  # its metrics port was free: it did not exit
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_selectorless_backends_of_a_powered_off_node_go_out_and_come_back() -> None:
+    """External backends behind selectorless Services (slices and legacy Endpoints, their addresses
+    spread over nodes) and one slice holding every address of one node: a power-off takes out exactly
+    the dead node's addresses, writing each object at most once per address; power-on brings them back."""
+    async with SimCluster(nodes=3, pods_per_node=6, kubelet_delay=None, external_per_node=4) as sim:
+        fleet, api, log = sim.fleet, sim.api, sim.api.write_log
+        victim = "sim-node-000"
+        crowd = [p for p in fleet.pods_on(victim) if p.ports and not p.ipv6]  # one slice, one node
+        api.ensure_namespace("crowd")
+        api.endpointslices.create({
+            "metadata": {"name": "crowd", "namespace": "crowd",
+                         "labels": {"endpoint-health-checker.io/enabled": "true", "kubernetes.io/service-name": "crowd"}},
+            "addressType": "IPv4", "ports": [{"port": p.ports[0]} for p in crowd[:1]],
+            "endpoints": [{"addresses": [p.ip], "nodeName": victim} for p in crowd if p.ports[0] == crowd[0].ports[0]],
+        })  # fmt: skip
+        crowded = {("crowd", "crowd", p.ip) for p in crowd if p.ports[0] == crowd[0].ports[0]}
+        backends = {(x.namespace, x.name, x.ip) for x in fleet.externals_on(victim)} | crowded
+        objects = {(ns, name) for ns, name, _ in backends}
+        assert len(crowded) > 1 and {x.kind for x in fleet.externals_on(victim)} == {
+            "EndpointSlice",
+            "Endpoints",
+        }
+        proc = await start_ehc(sim, "ehc-a", "--selectorless")
+        try:
+            await until(lambda: bool(log.select(resource="leases", ok=True)), "ehc leading")
+            await asyncio.sleep(1.5)  # a few intervals of steady state: nothing is written
+            t0 = time.monotonic()
+            fleet.power_off(victim)
+
+            def out() -> dict[tuple[str, str, str], float]:
+                return {
+                    **log.slice_not_ready(since=t0, actor="client"),
+                    **log.endpoints_not_ready(since=t0, actor="client"),
+                }
+
+            await until(lambda: backends <= out().keys(), "the dead node's addresses out")
+            await asyncio.sleep(0.5)
+            assert out().keys() == backends  # nobody else's
+            writes = [e for e in log.select(actor="client", verb="PATCH", ok=True)
+                      if e.resource in ("endpointslices", "endpoints") and e.mono >= t0]  # fmt: skip
+            assert {(e.namespace, e.name) for e in writes} == objects
+            # At most one write per address of the object on the dead node, fewer when verdicts coincide.
+            for o in objects:
+                dead = sum((ns, name) == o for ns, name, _ in backends)
+                assert 1 <= sum((e.namespace, e.name) == o for e in writes) <= dead, o
+            t1 = time.monotonic()
+            fleet.recover(victim)
+
+            def back() -> dict[tuple[str, str, str], float]:
+                return {**log.first_address_change("endpointslices", "ready", True, since=t1, actor="client"),
+                        **log.first_address_change("endpoints", "ready", True, since=t1, actor="client")}  # fmt: skip
+
+            await until(lambda: backends <= back().keys(), "the addresses back")
         finally:
             assert await stop(proc) == 0
