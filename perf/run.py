@@ -296,6 +296,7 @@ def options(args: argparse.Namespace) -> Options:
                        trouble_seconds=args.trouble_seconds)  # fmt: skip
     opts.log_dir = Path(args.json).resolve().parent / "logs"
     opts.soak_minutes, opts.seed = args.soak_minutes, args.seed
+    opts.backends_per_node = args.backends_per_node
     return opts
 
 
@@ -316,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=50, help="simulated nodes (default 50)")
     p.add_argument("--pods-per-node", type=int, default=100, help="pods per node (default 100; 70%% opt in)")
     p.add_argument("--workers", type=int, default=1, help="ehc worker processes (default 1)")
+    p.add_argument(
+        "--backends-per-node", type=int, default=5,
+        help="power-off scenarios: external backends per node behind selectorless Services, checked by "
+        "ehc --selectorless (default 5; 0: none)",
+    )  # fmt: skip
     p.add_argument(
         "--profile",
         choices=sorted(PROFILES),

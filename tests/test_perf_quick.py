@@ -68,8 +68,14 @@ def test_power_off_side_by_side(report: dict) -> None:
         assert e["detected"] == e["victim_pods"] > 0 and e["wrongly_marked"] == 0
         assert e["writes_per_transition"] == 1.0 and e["pod_reads_per_transition"] == 0
         assert 0 < e["detection_seconds"]["max"] < 20 and len(e["samples"]) == e["detected"]
+        # Selectorless backends on the dead nodes go out too, and nothing else.
+        assert e["backends_detected"] == e["victim_backends"] > 0 and e["backends_wrongly_marked"] == 0
+        assert e["writes_per_backend_object"] >= 1
+        # A pod leaves its Service's EndpointSlice once the slice controller sees its condition write.
+        assert e["service_slice_seconds"]["max"] >= e["detection_seconds"]["max"]
     b = sc["power_off_1_node"]["baseline"]
     assert b["detected"] > 0 and b["wrongly_marked"] == 0
+    assert b["service_slice_seconds"]["p50"] is not None and "backend_detection_seconds" not in b
     assert b["pod_reads_per_transition"] >= 1  # the reference GETs before every PATCH
     # The reference's sequential retries cost it (retries + 1) x timeout = 11 s per dead pod at least.
     assert b["detection_seconds"]["p50"] > sc["power_off_1_node"]["ehc"]["detection_seconds"]["p50"]

@@ -81,6 +81,11 @@ def goals(report: Figures) -> list[Figures]:
     power = get(sc.get("power_off_1_node"), "ehc.detection_seconds.max")
     if power is not None:
         add("node power-off: last pod NotReady <= 3 s (max)", power, power <= 3.0)
+    backends = get(sc.get("power_off_1_node"), "ehc.backend_detection_seconds.max")
+    if backends is not None:
+        wrong = get(sc.get("power_off_1_node"), "ehc.backends_wrongly_marked")
+        add("node power-off: last selectorless backend not ready <= 3 s (max), none wrongly",
+            f"{backends} s, {wrong} wrong", backends <= 3.0 and wrong == 0)  # fmt: skip
     loss = get(sc.get("loss_2pct"), "ehc")
     if loss:
         long_enough = loss["seconds"] >= 300
@@ -142,7 +147,33 @@ def table(report: Figures) -> str:
     row("1 node off: not detected within cap", "power_off_1_node", "not_detected_within_cap")
     row("1 node off: writes per transition", "power_off_1_node", "writes_per_transition")
     row("1 node off: pod GETs per transition", "power_off_1_node", "pod_reads_per_transition")
+    row("1 node off: out of Service slices p50", "power_off_1_node", "service_slice_seconds.p50", " s")
+    row("1 node off: out of Service slices max", "power_off_1_node", "service_slice_seconds.max", " s")
+    row(
+        "1 node off: selectorless backends not ready p50",
+        "power_off_1_node",
+        "backend_detection_seconds.p50",
+        " s",
+    )
+    row(
+        "1 node off: selectorless backends not ready max",
+        "power_off_1_node",
+        "backend_detection_seconds.max",
+        " s",
+    )
+    row("1 node off: backends wrongly marked", "power_off_1_node", "backends_wrongly_marked")
+    row("1 node off: writes per backend object", "power_off_1_node", "writes_per_backend_object")
     row("10% nodes off: detection max", "power_off_10pct_nodes", "detection_seconds.max", " s")
+    row(
+        "10% nodes off: out of Service slices max", "power_off_10pct_nodes", "service_slice_seconds.max", " s"
+    )
+    row(
+        "10% nodes off: selectorless backends not ready max",
+        "power_off_10pct_nodes",
+        "backend_detection_seconds.max",
+        " s",
+    )
+    row("10% nodes off: writes per backend object", "power_off_10pct_nodes", "writes_per_backend_object")
     row("10% nodes off: not detected within cap", "power_off_10pct_nodes", "not_detected_within_cap")
     for name in sorted(k for k in sc if k.startswith("loss_")):
         row(f"{name}: false ejections", name, "false_ejections")

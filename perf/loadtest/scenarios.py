@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ehc.kube.model import GATE, READY
 from ehc.sim import SimCluster
 from ehc.sim.faults import LEASES, PODS_STATUS, DelayRule, ErrorRule, Faults
 from ehc.sim.fleet import SimPod
+from ehc.sim.slicectl import ACTOR as SLICE_CONTROLLER
 from ehc.sim.writelog import WriteEntry
 from loadtest.checkers import CheckerSpec, Replica, Snapshot, start_replicas, stop_replicas
 
@@ -52,6 +53,7 @@ class Options:
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_seconds: float = 10.0
     soak_minutes: float = 10.0
+    backends_per_node: int = 5  # power-off scenarios: external backends behind selectorless Services
     seed: int = 1  # the soak's random faults
     log_dir: Path = Path("perf/out/logs")
     progress: Callable[[str], None] = field(default=lambda _text: None)
@@ -71,24 +73,31 @@ def settle_gates(sim: SimCluster) -> None:
 @contextlib.asynccontextmanager
 async def running(
     opts: Options, spec: CheckerSpec, tag: str, *, replicas: int = 1, nodes: int | None = None,
-    pods_per_node: int | None = None,
+    pods_per_node: int | None = None, backends_per_node: int = 0,
 ) -> AsyncIterator[tuple[SimCluster, list[Replica]]]:  # fmt: skip
-    """A fresh settled cluster with ``replicas`` copies of the checker running, warmed up."""
+    """A fresh settled cluster with ``replicas`` copies of the checker running, warmed up.  With
+    ``backends_per_node``, external backends behind selectorless Services too, which ehc checks
+    (``--selectorless``) and the baseline cannot."""
     async with SimCluster(
-        nodes=nodes or opts.nodes, pods_per_node=pods_per_node or opts.pods_per_node, kubelet_delay=1.0
-    ) as sim:
+        nodes=nodes or opts.nodes, pods_per_node=pods_per_node or opts.pods_per_node, kubelet_delay=1.0,
+        external_per_node=backends_per_node,
+    ) as sim:  # fmt: skip
         settle_gates(sim)
+        selectorless = backends_per_node > 0 and spec.kind == "ehc"
+        if selectorless:
+            spec = replace(spec, args=(*spec.args, "--selectorless"))
         reps = await start_replicas(spec, sim, replicas, opts.log_dir, tag)
         try:
-            await warm_up(sim, reps, opts)
+            await warm_up(sim, reps, opts, len(sim.fleet.externals()) if selectorless else 0)
             yield sim, reps
         finally:
             await stop_replicas(reps)
 
 
-async def warm_up(sim: SimCluster, reps: list[Replica], opts: Options) -> Replica:
-    """Wait until one replica leads and probes every target; return it (the leader)."""
-    expected = len(sim.fleet.targets())
+async def warm_up(sim: SimCluster, reps: list[Replica], opts: Options, backends: int = 0) -> Replica:
+    """Wait until one replica leads and probes every target (pods, and ``backends`` addresses of
+    selectorless Services); return it (the leader)."""
+    expected = len(sim.fleet.targets()) + backends
     deadline = time.monotonic() + 60 + expected / 200
     while True:
         for r in reps:
@@ -290,16 +299,49 @@ def rss_per_target(out: Figures, spec: CheckerSpec) -> dict[str, float | None]:
 # ---- 2. node power-off --------------------------------------------------------------------------
 
 
+def unrouted(sim: SimCluster, pods: list[SimPod], since: float) -> list[float]:
+    """Seconds from ``since`` to each pod's address leaving its Service's EndpointSlice (written by
+    the stand-in for Kubernetes' controller once it sees the pod not ready): what traffic follows."""
+    out = {
+        (ns, ip): t for (ns, _, ip), t in sim.api.write_log.slice_not_ready(since, SLICE_CONTROLLER).items()
+    }
+    return sorted(out[(p.namespace, p.ip)] - since for p in pods if (p.namespace, p.ip) in out)
+
+
+def backend_figures(sim: SimCluster, nodes: list[str], since: float) -> Figures:
+    """The selectorless backends on ``nodes``: when each address went not ready, what else did, and
+    the checker's writes per object."""
+    log = sim.api.write_log
+    dead = {(x.namespace, x.name, x.ip) for n in nodes for x in sim.fleet.externals_on(n)}
+    out = {**log.slice_not_ready(since, "client"), **log.endpoints_not_ready(since, "client")}
+    objects = {(ns, name) for ns, name, _ in dead}
+    writes = [e for e in log.entries if e.mono >= since and e.actor == "client" and e.verb == "PATCH"
+              and e.resource in ("endpointslices", "endpoints") and (e.namespace, e.name) in objects]  # fmt: skip
+    found = sorted(out[k] - since for k in dead if k in out)
+    return {
+        "victim_backends": len(dead),
+        "backend_objects": len(objects),
+        "backends_detected": len(found),
+        "backend_detection_seconds": quantiles(found),
+        "backends_wrongly_marked": len(out.keys() - dead),
+        "writes_per_backend_object": round(len(writes) / len(objects), 3) if objects and found else None,
+    }
+
+
 async def power_off_scenario(opts: Options, spec: CheckerSpec, tag: str, fraction: float) -> Figures:
-    async with running(opts, spec, tag) as (sim, _reps):
+    async with running(opts, spec, tag, backends_per_node=opts.backends_per_node) as (sim, _reps):
         count = max(1, round(fraction * len(sim.fleet.nodes))) if fraction else 1
         nodes = sim.fleet.nodes[:count]
         reads0 = pod_reads(sim)
         opts.progress(f"{tag}: powering off {count} node(s)")
         faults = power_off(sim, nodes)
         found, missed, wrong = await detections(sim, faults, opts.cap)
-        writes = pod_writes(sim, min(faults.values()), set(faults))
+        since = min(faults.values())
+        writes = pod_writes(sim, since, set(faults))
+        routed = unrouted(sim, victims_of(sim, nodes), since)
         return {
+            **(backend_figures(sim, nodes, since) if spec.kind == "ehc" else {}),
+            "service_slice_seconds": quantiles(routed),
             "nodes_powered_off": count,
             "victim_pods": len(faults),
             "detected": len(found),
