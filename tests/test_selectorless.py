@@ -314,3 +314,42 @@ async def test_a_slice_deleted_while_its_write_is_queued_is_not_written(harness:
     await asyncio.sleep(1.0)  # the write queue's backoff is at most a second: it would have tried again
     assert harness.patches("endpointslices", "db-g", ok=None) == tried
     assert harness.slices.get(NS, "db-g") is None and harness.controller.writes.queue_depth == 0
+
+
+async def test_a_forbidden_watch_says_what_to_fix_and_keeps_readyz_false_but_the_rest_is_protected(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No RBAC for EndpointSlices (403): ehc still leads and protects what it can watch (here a legacy
+    Endpoints object), says what to grant, and is not ready, so the fault shows."""
+    api = ApiServer(token=None, bookmark_interval=0.5)
+    await api.start()
+    api.faults.fail(10_000, 403, verb="GET", path="/endpointslices")
+    client = await make_api_client(api.write_kubeconfig(str(tmp_path / "kubeconfig")))
+    controller = Controller(load(None, env=ENV), client)
+    backends = Backends()
+    await backends.up("127.0.11.1")
+    api.endpoints.create({
+        "metadata": {"name": "legacy", "namespace": NS, "labels": {"endpoint-health-checker.io/enabled": "true"}},
+        "subsets": [{"addresses": [{"ip": "127.0.11.1"}], "ports": [{"port": backends.port}]}],
+    })  # fmt: skip
+    task = asyncio.create_task(controller.run())
+    try:
+        await until(controller.elector.is_leader, "leading without the slices")
+        backends.down("127.0.11.1")
+
+        def not_ready() -> bool:
+            obj = api.endpoints.get(NS, "legacy")
+            return obj is not None and bool(obj["subsets"][0].get("notReadyAddresses"))
+
+        await until(not_ready, "the dead address taken out all the same")
+        assert not controller.ready
+        assert {w.resource.plural: w.synced for w in controller.watchers} == {
+            "pods": True, "endpointslices": False, "endpoints": True,
+        }  # fmt: skip
+        assert any("may not list endpointslices: grant it" in r.getMessage() for r in caplog.records)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        backends.close()
+        await client.close()
+        await api.stop()

@@ -115,7 +115,9 @@ class Controller:
             asyncio.create_task(self.writes.run(), name="writes"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
-        await asyncio.gather(*(w.wait_synced() for w in self.watchers))
+        # Lead once the pods are in: a watch of another source that cannot sync (no RBAC for it, say)
+        # keeps /readyz false and says why, but must not leave the pods unprotected.
+        await self.watchers[0].wait_synced()
         tasks.append(asyncio.create_task(self.elector.run(), name="elect"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

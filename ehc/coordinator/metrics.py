@@ -108,6 +108,11 @@ class ControllerCollector(Collector):
             "Terms this replica ended because it could not run its workers",
             value=e.give_ups,
         )
+        synced = GaugeMetricFamily(
+            "ehc_watch_synced",
+            "1 once every watch of the resource has listed (0: see the log)",
+            labels=["resource"],
+        )
         relists = CounterMetricFamily(
             "ehc_watch_relists", "Lists after a 410, by resource", labels=["resource"]
         )
@@ -118,8 +123,10 @@ class ControllerCollector(Collector):
         )
         for resource, watchers in itertools.groupby(c.watchers, key=lambda w: w.resource.plural):
             ws = list(watchers)
+            synced.add_metric([resource], int(all(w.synced for w in ws)))
             relists.add_metric([resource], sum(w.relists for w in ws))
             undecodable.add_metric([resource], sum(w.undecodable for w in ws))
+        yield synced
         yield relists
         yield undecodable
         if pool is None:

@@ -195,7 +195,12 @@ class ListWatcher(Generic[T]):
                     await self._relist(exc)
                 else:
                     what = "list" if self._need_list else "watch"
-                    await self._pause(f"{noun} {what} failed: {exc}", exc.retry_after)
+                    hint = (
+                        f"; ehc's ServiceAccount may not {what} {self.resource.plural}: grant it (the Helm "
+                        "chart and the kustomize base carry the exact rules)"
+                        if exc.status in (401, 403) else ""
+                    )  # fmt: skip
+                    await self._pause(f"{noun} {what} failed: {exc}{hint}", exc.retry_after)
             except Garbage as exc:
                 if self._need_list:
                     await self._pause(f"{noun} list failed: {exc}")
