@@ -5,8 +5,9 @@ over HTTP, against the simulated API server's EndpointSlices and Endpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -92,23 +93,35 @@ def endpoint(ip: str, node: str = "vm-1") -> dict[str, Any]:
             "targetRef": {"kind": "VirtualMachine", "name": f"vm-{ip}"}}  # fmt: skip
 
 
-@pytest.fixture
-async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Any, prepare: Callable[[ApiServer, Backends], Awaitable[None]] | None = None
+) -> AsyncIterator[Harness]:
+    """The simulated API server and ehc's controller in process; ``prepare`` runs before it starts."""
     api = ApiServer(token=None, bookmark_interval=0.5)
     await api.start()
-    kubeconfig = api.write_kubeconfig(str(tmp_path / "kubeconfig"))
-    client = await make_api_client(kubeconfig)
+    client = await make_api_client(api.write_kubeconfig(str(tmp_path / "kubeconfig")))
     controller = Controller(load(None, env=ENV), client)
     backends = Backends()
-    task = asyncio.create_task(controller.run())
+    task: asyncio.Task[None] | None = None
     try:
+        if prepare is not None:
+            await prepare(api, backends)
+        task = asyncio.create_task(controller.run())
         yield Harness(api, client, controller, backends)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         backends.close()
         await client.close()
         await api.stop()
+
+
+@pytest.fixture
+async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
+    async with running(tmp_path) as h:
+        yield h
 
 
 async def test_a_dead_address_goes_out_of_its_slice_alone_and_comes_back(harness: Harness) -> None:
@@ -321,35 +334,26 @@ async def test_a_forbidden_watch_says_what_to_fix_and_keeps_readyz_false_but_the
 ) -> None:
     """No RBAC for EndpointSlices (403): ehc still leads and protects what it can watch (here a legacy
     Endpoints object), says what to grant, and is not ready, so the fault shows."""
-    api = ApiServer(token=None, bookmark_interval=0.5)
-    await api.start()
-    api.faults.fail(10_000, 403, verb="GET", path="/endpointslices")
-    client = await make_api_client(api.write_kubeconfig(str(tmp_path / "kubeconfig")))
-    controller = Controller(load(None, env=ENV), client)
-    backends = Backends()
-    await backends.up("127.0.11.1")
-    api.endpoints.create({
-        "metadata": {"name": "legacy", "namespace": NS, "labels": {"endpoint-health-checker.io/enabled": "true"}},
-        "subsets": [{"addresses": [{"ip": "127.0.11.1"}], "ports": [{"port": backends.port}]}],
-    })  # fmt: skip
-    task = asyncio.create_task(controller.run())
-    try:
-        await until(controller.elector.is_leader, "leading without the slices")
-        backends.down("127.0.11.1")
+
+    async def prepare(api: ApiServer, backends: Backends) -> None:
+        api.faults.fail(10_000, 403, verb="GET", path="/endpointslices")
+        await backends.up("127.0.11.1")
+        api.endpoints.create({
+            "metadata": {"name": "legacy", "namespace": NS, "labels": {"endpoint-health-checker.io/enabled": "true"}},
+            "subsets": [{"addresses": [{"ip": "127.0.11.1"}], "ports": [{"port": backends.port}]}],
+        })  # fmt: skip
+
+    async with running(tmp_path, prepare) as h:
+        await until(h.controller.elector.is_leader, "leading without the slices")
+        h.backends.down("127.0.11.1")
 
         def not_ready() -> bool:
-            obj = api.endpoints.get(NS, "legacy")
+            obj = h.api.endpoints.get(NS, "legacy")
             return obj is not None and bool(obj["subsets"][0].get("notReadyAddresses"))
 
         await until(not_ready, "the dead address taken out all the same")
-        assert not controller.ready
-        assert {w.resource.plural: w.synced for w in controller.watchers} == {
+        assert not h.controller.ready
+        assert {w.resource.plural: w.synced for w in h.controller.watchers} == {
             "pods": True, "endpointslices": False, "endpoints": True,
         }  # fmt: skip
         assert any("may not list endpointslices: grant it" in r.getMessage() for r in caplog.records)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        backends.close()
-        await client.close()
-        await api.stop()

@@ -4,37 +4,19 @@ real kubernetes_asyncio client (issue 13: health checks for selectorless Service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.patch import STRATEGIC, apply_patch
 
-TOKEN = "sim-token"
 ENABLED = "endpoint-health-checker.io/enabled"
 SELECTOR = f"{ENABLED}=true"
 MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture
-async def api(tmp_path: Any) -> AsyncIterator[ApiServer]:
-    server = ApiServer(token=TOKEN, history=200, bookmark_interval=0.2)
-    await server.start()
-    server.kubeconfig_path = server.write_kubeconfig(str(tmp_path / "kubeconfig"))  # type: ignore[attr-defined]
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def ac(api: ApiServer) -> AsyncIterator[client.ApiClient]:
-    c = await config.new_client_from_config(config_file=api.kubeconfig_path)  # type: ignore[attr-defined]
-    async with c:
-        yield c
 
 
 def service(name: str, labelled: bool = True) -> dict[str, Any]:

@@ -10,22 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 
 from ehc.sim.apiserver import ApiServer
 from ehc.sim.slicectl import ACTOR, CONTROLLER, MANAGED_BY, SERVICE_NAME, SliceController
 
-TOKEN = "sim-token"
 MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture
-async def api(tmp_path: Any) -> AsyncIterator[ApiServer]:
-    server = ApiServer(token=TOKEN, history=500, bookmark_interval=0.2)
-    await server.start()
-    server.kubeconfig_path = server.write_kubeconfig(str(tmp_path / "kubeconfig"))  # type: ignore[attr-defined]
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -33,13 +23,6 @@ async def ctl(api: ApiServer) -> AsyncIterator[SliceController]:
     c = SliceController(api)
     yield c
     c.close()
-
-
-@pytest.fixture
-async def ac(api: ApiServer) -> AsyncIterator[client.ApiClient]:
-    c = await config.new_client_from_config(config_file=api.kubeconfig_path)  # type: ignore[attr-defined]
-    async with c:
-        yield c
 
 
 def make_pod(
