@@ -3,8 +3,8 @@
 A *source* watches one kind of object, decides which of them are targets and how each is checked,
 tells the coordinator when a target appears, changes or goes (through a ``TargetSink``), and turns
 the decider's verdicts into writes on the objects, comparing what it wants written with what the
-watch last showed.  Pods are the first source; a new one (EndpointSlices, Endpoints) is a new
-package here that fulfils ``Source``, and nothing else in ehc changes.
+watch last showed.  ``pods/`` and ``endpoints/`` (the addresses of selectorless Services' EndpointSlices and
+Endpoints) are the sources; a new one is a new package here that fulfils ``Source``.
 """
 
 from __future__ import annotations

@@ -1,2 +1,4 @@
-"""User-managed EndpointSlices and Endpoints of selectorless Services as a source (issue 13): so far
-the selection of their addresses; the source and its writer follow."""
+"""User-managed EndpointSlices and Endpoints of selectorless Services as a source: which addresses are
+checked (``selection``), what an object shows and the patch that flips it (``readiness``), the two
+kinds as records (``kinds``), the patch under a resourceVersion test (``writes``), and the source that
+ties them to the watch, the coordinator and the write queue (``source``)."""

@@ -5,7 +5,9 @@ A selectorless Service routes to whatever its owner publishes by hand: an Endpoi
 label ``endpoint-health-checker.io/enabled: "true"`` (selected server-side).  ehc never writes a slice
 that the Kubernetes EndpointSlice controller or the Endpoints mirroring controller manages: they
 rewrite it from pods or from the Endpoints object, so ehc's condition would be fought over, and the
-pods behind a controller's slice are checked as pods.  Such a slice, opted in, is refused and says why.
+pods behind a controller's slice are checked as pods.  Such a slice, opted in, is refused and says why
+(a mirrored slice quietly: its label came with the Endpoints object, which ehc checks), as are the
+Endpoints of a Service with a selector, which the Endpoints controller writes.
 
 Every address becomes a target keyed by object and address, checked on each TCP port of the object
 (all must accept, as for pods) or by ICMP when it has none.  The probe annotation applies where it

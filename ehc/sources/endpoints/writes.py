@@ -43,9 +43,8 @@ class ReadinessPatch(Generic[T]):
     name: str
     uid: str
     want: Want
-    base: Callable[[], T | None]
+    base: Callable[[], T]
     seen: Callable[[T], None]
-    reason: str = ""  # what the Event on the object says happened, when it lands
     changed: list[str] = field(default_factory=list)
 
     @property
@@ -55,13 +54,13 @@ class ReadinessPatch(Generic[T]):
     async def send(self, api: ApiClient, timeout: float) -> None:
         decode = self.kind.decode
         path = self.kind.path(self.namespace, self.name)
-        obj = self.base()
+        obj: T | None = self.base()
         for attempt in range(ATTEMPTS):
-            if obj is None or (self.uid and obj.metadata.uid != self.uid):
+            if obj is None:
                 obj = decode(await request(api, "GET", path, timeout=timeout))
-                self.seen(obj)
                 if self.uid and obj.metadata.uid != self.uid:
                     raise ApiError(404, "NotFound", f"{self.key} was deleted and created again")
+                self.seen(obj)
             ops, changed = self.kind.plan(obj, self.want)
             if not ops:
                 self.changed = []
