@@ -159,10 +159,7 @@ async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, target
         return out
 
     def backends_out() -> dict[tuple[str, str, str], float]:
-        return {
-            **log.slice_not_ready(since=t0, actor="client"),
-            **log.endpoints_not_ready(since=t0, actor="client"),
-        }
+        return log.addresses_marked(False, since=t0, actor="client")
 
     def done() -> bool:
         return (
@@ -200,10 +197,7 @@ async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, target
     _say(args, f"{victim} back: its {len(gate_victims)} gate pods set True again after {recovery:.2f}s")
 
     def back() -> dict[tuple[str, str, str], float]:
-        return {
-            **log.first_address_change("endpointslices", "ready", True, since=t1, actor="client"),
-            **log.first_address_change("endpoints", "ready", True, since=t1, actor="client"),
-        }
+        return log.addresses_marked(True, since=t1, actor="client")
 
     await _wait(lambda: backends <= back().keys(), args.timeout, "the backends to be ready again")
     ready_again = back()

@@ -220,6 +220,16 @@ class WriteLog:
                     out.setdefault((e.namespace, e.name, ip), e.mono)
         return out
 
+    def addresses_marked(
+        self, ready: bool, since: float = 0.0, actor: str | None = None
+    ) -> dict[tuple[str, str, str], float]:
+        """``first_address_change`` of ``ready`` over EndpointSlices and Endpoints alike: when each
+        address of a selectorless Service's objects was first made ready, or not ready."""
+        return {
+            **self.first_address_change("endpointslices", "ready", ready, since, actor),
+            **self.first_address_change("endpoints", "ready", ready, since, actor),
+        }
+
     def slice_not_ready(
         self, since: float = 0.0, actor: str | None = None
     ) -> dict[tuple[str, str, str], float]:

@@ -13,7 +13,18 @@ from collections import Counter
 from typing import Protocol
 
 from ehc.kube.writes import Write
+from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Target, Transition
+
+
+def outcome(tr: Transition, ip: str) -> str:
+    """What a transition's last attempts did, for the log line every source writes about it."""
+    unhealthy = tr.health == Health.UNHEALTHY
+    said = f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms"
+    return (
+        f"{'UNHEALTHY' if unhealthy else 'healthy'}: {describe(tr.check, ip)} "
+        f"{'failed' if unhealthy else 'answered'} after {tr.attempts} attempt(s){said}"
+    )
 
 
 class TargetSink(Protocol):

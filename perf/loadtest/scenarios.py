@@ -313,7 +313,7 @@ def backend_figures(sim: SimCluster, nodes: list[str], since: float) -> Figures:
     the checker's writes per object."""
     log = sim.api.write_log
     dead = {(x.namespace, x.name, x.ip) for n in nodes for x in sim.fleet.externals_on(n)}
-    out = {**log.slice_not_ready(since, "client"), **log.endpoints_not_ready(since, "client")}
+    out = log.addresses_marked(False, since, "client")
     objects = {(ns, name) for ns, name, _ in dead}
     writes = [e for e in log.entries if e.mono >= since and e.actor == "client" and e.verb == "PATCH"
               and e.resource in ("endpointslices", "endpoints") and (e.namespace, e.name) in objects]  # fmt: skip

@@ -356,10 +356,7 @@ async def test_selectorless_backends_of_a_powered_off_node_go_out_and_come_back(
             fleet.power_off(victim)
 
             def out() -> dict[tuple[str, str, str], float]:
-                return {
-                    **log.slice_not_ready(since=t0, actor="client"),
-                    **log.endpoints_not_ready(since=t0, actor="client"),
-                }
+                return log.addresses_marked(False, since=t0, actor="client")
 
             await until(lambda: backends <= out().keys(), "the dead node's addresses out")
             await asyncio.sleep(0.5)
@@ -375,8 +372,7 @@ async def test_selectorless_backends_of_a_powered_off_node_go_out_and_come_back(
             fleet.recover(victim)
 
             def back() -> dict[tuple[str, str, str], float]:
-                return {**log.first_address_change("endpointslices", "ready", True, since=t1, actor="client"),
-                        **log.first_address_change("endpoints", "ready", True, since=t1, actor="client")}  # fmt: skip
+                return log.addresses_marked(True, since=t1, actor="client")
 
             await until(lambda: backends <= back().keys(), "the addresses back")
         finally:

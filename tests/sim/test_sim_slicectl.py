@@ -62,6 +62,15 @@ def make_service(name: str = "web", selector: dict[str, str] | None = None) -> d
     return {"metadata": {"name": name, "labels": {"team": "a"}}, "spec": spec}
 
 
+async def web_of_two(api: ApiServer, ac: client.ApiClient) -> tuple[client.CoreV1Api, client.DiscoveryV1Api]:
+    """Pods a (127.64.0.2) and b (127.64.0.3) behind the Service "web"; the clients to look at them."""
+    api.create_pod(make_pod("a", "127.64.0.2"))
+    api.create_pod(make_pod("b", "127.64.0.3"))
+    v1, dv1 = client.CoreV1Api(ac), client.DiscoveryV1Api(ac)
+    await v1.create_namespaced_service("default", make_service(selector={"app": "web"}))
+    return v1, dv1
+
+
 async def slices_of(dv1: client.DiscoveryV1Api, service: str, ns: str = "default") -> list[Any]:
     got = await dv1.list_namespaced_endpoint_slice(ns, label_selector=f"{SERVICE_NAME}={service}")
     return sorted(got.items, key=lambda s: s.address_type)
@@ -120,10 +129,7 @@ async def test_slices_follow_a_selector_service(
 async def test_ready_follows_the_pod_and_the_write_log_times_it(
     api: ApiServer, ctl: SliceController, ac: client.ApiClient
 ) -> None:
-    api.create_pod(make_pod("a", "127.64.0.2"))
-    api.create_pod(make_pod("b", "127.64.0.3"))
-    v1, dv1 = client.CoreV1Api(ac), client.DiscoveryV1Api(ac)
-    await v1.create_namespaced_service("default", make_service(selector={"app": "web"}))
+    v1, dv1 = await web_of_two(api, ac)
     [sl] = await slices_of(dv1, "web")
     name, rv = sl.metadata.name, sl.metadata.resource_version
     seen: list[tuple[str, dict[str, tuple[bool, bool, bool]]]] = []
@@ -175,10 +181,7 @@ async def test_ready_follows_the_pod_and_the_write_log_times_it(
 async def test_terminating_and_deleted_pods(
     api: ApiServer, ctl: SliceController, ac: client.ApiClient
 ) -> None:
-    api.create_pod(make_pod("a", "127.64.0.2"))
-    api.create_pod(make_pod("b", "127.64.0.3"))
-    v1, dv1 = client.CoreV1Api(ac), client.DiscoveryV1Api(ac)
-    await v1.create_namespaced_service("default", make_service(selector={"app": "web"}))
+    v1, dv1 = await web_of_two(api, ac)
     # The sim deletes at once; the first step of a graceful deletion is this update of the pod.
     pod = api.pods.get("default", "b")
     meta = {**pod["metadata"], "deletionTimestamp": "2024-01-01T00:00:00Z"}

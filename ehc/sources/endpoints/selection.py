@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ehc.kube.model import ANNOTATION, PROBE_ANNOTATION, EndpointPort, Endpoints, EndpointSlice, ObjectMeta
 from ehc.sources.address import probe_address
 from ehc.wire.checks import Check, Icmp, Tcp
+from ehc.wire.messages import Health, Target
 
 OPT_IN_LABEL = ANNOTATION
 """The same key as the pods' annotation, as a label, so the API server selects the objects."""
@@ -46,6 +47,9 @@ class AddressTarget:
     node: str
     zone: str
     checks: tuple[Check, ...]
+
+    def probe_target(self, health: Health) -> Target:
+        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health)
 
 
 @dataclass(frozen=True, slots=True)

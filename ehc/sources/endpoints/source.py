@@ -20,7 +20,7 @@ from typing import Generic
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import ObjectMeta, T
-from ehc.sources import TargetSink
+from ehc.sources import TargetSink, outcome
 from ehc.sources.endpoints.kinds import AddressKind
 from ehc.sources.endpoints.selection import AddressTarget
 from ehc.sources.endpoints.writes import ReadinessPatch
@@ -134,7 +134,7 @@ class AddressSource(Generic[T]):
                 a.target = target  # node or zone may change; the probe does not
                 continue
             a.target = target
-            self._sink.upsert(Target(target.key, ip, target.checks, shown.get(ip, Health.UNKNOWN)))
+            self._sink.upsert(target.probe_target(shown.get(ip, Health.UNKNOWN)))
         self._reconcile(rec)
 
     def _report(self, meta: ObjectMeta, refused: str, problems: tuple[str, ...]) -> None:
@@ -179,7 +179,7 @@ class AddressSource(Generic[T]):
         for rec in self._objects.values():
             shown = self.kind.shows(rec.freshest())
             for ip, a in rec.addresses.items():
-                out.append(Target(a.target.key, ip, a.target.checks, shown.get(ip, Health.UNKNOWN)))
+                out.append(a.target.probe_target(shown.get(ip, Health.UNKNOWN)))
         return out
 
     def kinds(self) -> Counter[str]:
@@ -188,25 +188,26 @@ class AddressSource(Generic[T]):
     def _addresses(self) -> list[_Address]:
         return [a for rec in self._objects.values() for a in rec.addresses.values()]
 
+    def _address(self, key: str) -> tuple[_Object[T], _Address] | None:
+        """The object and the address a target key names (None once it is gone)."""
+        rec = self._by_target.get(key)
+        return None if rec is None else (rec, rec.addresses[key.rsplit("/", 1)[1]])
+
     def transition(self, tr: Transition, worker: int) -> None:
-        rec = self._by_target.get(tr.key)
-        if rec is None:
+        found = self._address(tr.key)
+        if found is None:
             return
-        t = rec.addresses[tr.key.rsplit("/", 1)[1]].target
-        unhealthy = tr.health == Health.UNHEALTHY
+        rec, t = found[0], found[1].target
         log.info(
-            "%s %s: %s %s after %d attempt(s)%s (node %s, worker %d)",
-            tr.key, "UNHEALTHY" if unhealthy else "healthy", describe(tr.check, t.ip),
-            "failed" if unhealthy else "answered", tr.attempts,
-            f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms", t.node or "?", worker,
+            "%s %s (node %s, worker %d)", tr.key, outcome(tr, t.ip), t.node or "?", worker,
             extra={"object": rec.key, "node": t.node, "ip": t.ip, "health": tr.health.name.lower()},
         )  # fmt: skip
 
     def verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
-        rec = self._by_target.get(key)
-        if rec is None:
+        found = self._address(key)
+        if found is None:
             return
-        a = rec.addresses[key.rsplit("/", 1)[1]]
+        rec, a = found
         a.verdict = verdict
         if tr is not None:
             a.evidence = tr

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import READY, Pod
-from ehc.sources import TargetSink
+from ehc.sources import TargetSink, outcome
 from ehc.sources.pods.conditions import (
     NOTHING,
     REASON_HEALTHY,
@@ -27,7 +27,6 @@ from ehc.sources.pods.conditions import (
 )
 from ehc.sources.pods.selection import PodTarget, select
 from ehc.sources.pods.writes import StatusPatch
-from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -141,12 +140,8 @@ class PodSource:
 
     def transition(self, tr: Transition, worker: int) -> None:
         target = self._pods[tr.key].target
-        unhealthy = tr.health == Health.UNHEALTHY
         log.info(
-            "%s %s: %s %s after %d attempt(s)%s (node %s, %s mode, worker %d)",
-            tr.key, "UNHEALTHY" if unhealthy else "healthy", describe(tr.check, target.ip),
-            "failed" if unhealthy else "answered", tr.attempts,
-            f": {tr.detail}" if tr.detail else f" in {tr.latency * 1000:.1f}ms", target.node, target.mode.value, worker,
+            "%s %s (node %s, %s mode, worker %d)", tr.key, outcome(tr, target.ip), target.node, target.mode.value, worker,
             extra={"pod": tr.key, "node": target.node, "ip": target.ip, "health": tr.health.name.lower()},
         )  # fmt: skip
 
