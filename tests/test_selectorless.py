@@ -163,11 +163,13 @@ async def test_addresses_failing_while_a_write_is_in_flight_go_out_together(harn
     await harness.backends.up(*ips)
     harness.create_slice("db-b", ips)
     await until(lambda: len(harness.targets()) == 6, "the slice's addresses are targets")
-    harness.api.faults.delay(2.0, count=1, verb="PATCH", path="/endpointslices/db-b$")
-    harness.backends.down(*ips[:4])
+    held = harness.api.faults.delay(2.0, count=1, verb="PATCH", path="/endpointslices/db-b$")
+    harness.backends.down(ips[0])
+    await until(lambda: held.remaining == 0, "the first verdict's write held up by the slow API server")
+    harness.backends.down(*ips[1:4])
     await until(lambda: harness.not_ready("db-b") == set(ips[:4]), "four dead addresses out of the slice")
-    # The first verdict's write was held up by the slow API server; the three after it waited behind
-    # it as one write for the object, planned when sent.
+    # The three verdicts after the held write waited behind it as one write for the object, planned
+    # when sent.
     assert harness.patches("endpointslices", "db-b") == 2
 
 
