@@ -69,7 +69,8 @@ async def test_targets_are_spread_and_probed(
         if "unavailable" not in " ".join(pool.prober_notes.values()):
             assert health["ping-v4"] == health["ping-v6"] == Health.HEALTHY
         # each transition came from the worker the hash assigns
-        assert all(worker == pool.worker_of(tr.key) for worker, tr in recorder.transitions)
+        by_key = {t.key: t for t in up + down + ping}
+        assert all(worker == pool.worker_of(by_key[tr.key]) for worker, tr in recorder.transitions)
         assert {w for w, _ in recorder.transitions} == {0, 1, 2}
         await until(lambda: {s.worker for s in recorder.stats} == {0, 1, 2})
         # Pipe traffic follows transitions: one per target, however many probes ran.
@@ -110,7 +111,7 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
         await until(
             lambda: 0 in pool.stats and pool.stats[0].pid == new_pid and pool.stats[0].probes["tcp"] > 0
         )
-        assert pool.stats[0].targets["tcp"] == sum(1 for t in targets if pool.worker_of(t.key) == 0)
+        assert pool.stats[0].targets["tcp"] == sum(1 for t in targets if pool.worker_of(t) == 0)
         await asyncio.sleep(0.5)
         # ...resuming from the health it had: no transition was reported for the crash.
         assert len(recorder.transitions) == 40

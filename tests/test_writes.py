@@ -146,6 +146,20 @@ async def test_one_strategic_merge_patch_per_decision_and_no_get() -> None:
         assert patcher.queue_depth == 0 and patcher.in_flight == 0
 
 
+async def test_ejections_go_before_recoveries_and_first_values_that_wait_for_the_budget() -> None:
+    async with cluster() as sim:
+        names = add_pods(sim, 12)
+        # A budget of one request at a time, two a second: six recoveries (or first values) are queued
+        # first, then six ejections; every ejection lands before any of them.
+        async with running(sim, qps=2, burst=1, concurrency=1, batch_window=0.0) as (patcher, done):
+            for n in names[:6]:
+                patcher.submit(decision(sim, n, ("endpointHealthCheckSuccess", "True")))
+            for n in names[6:]:
+                patcher.submit(decision(sim, n, ("endpointHealthCheckSuccess", "False"), ("Ready", "False")))
+            await done.wait(12, timeout=20)
+        assert [w.name for w in status_writes(sim)] == names[6:] + names[:6]
+
+
 async def test_latest_decision_wins_while_queued() -> None:
     async with cluster() as sim:
         name = add_pods(sim, 1)[0]

@@ -32,7 +32,7 @@ from ehc.sources import Source
 from ehc.sources.endpoints.kinds import KINDS, AddressKind
 from ehc.sources.endpoints.source import AddressSource
 from ehc.sources.pods import PodSource
-from ehc.wire.messages import Health, Target, Transition
+from ehc.wire.messages import Health, NodeVerdict, Target, Transition
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Controller:
                 self._add_addresses(api, kind, settings.selectorless_namespaces)
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
+        self.node_verdicts = 0
         self.resync_writes = 0
 
     def _add_addresses(self, api: ApiClient, kind: AddressKind[Any], namespaces: tuple[str, ...]) -> None:
@@ -154,6 +155,7 @@ class Controller:
             self.settings.probe,
             on_transition=self._transition,
             on_suspects=self.decider.suspects,
+            on_node=self._node_verdict,
             env=self._worker_env,
             log_level=self.settings.log_level,
             log_format=self.settings.log_format,
@@ -205,6 +207,21 @@ class Controller:
         self.transitions += 1
         source.transition(tr, worker)
         self.decider.transition(tr)
+
+    def _node_verdict(self, worker: int, verdict: NodeVerdict) -> None:
+        """A whole node judged down: said once, here, rather than once per target (its targets'
+        transitions follow, each naming the node)."""
+        self.node_verdicts += 1
+        said = (
+            f"node {verdict.node} judged down as a whole: {verdict.targets} of its targets silent, "
+            f"{verdict.attempts} attempts unanswered, nothing heard from it for {verdict.silent_for * 1000:.0f} ms"
+        )
+        log.warning("%s; ejecting them together (worker %d)", said, worker, extra={"node": verdict.node})
+        # Node Events live in the default namespace, as the kubelet's and the node controller's do.
+        self.events.emit(
+            namespace="default", name=verdict.node, uid="", kind="Node", type_="Warning",
+            reason="NodeSilent", message=f"{said}; ehc takes them out of service",
+        )  # fmt: skip
 
     def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
         source = self._source_of(key)

@@ -67,6 +67,11 @@ class ControllerCollector(Collector):
         yield CounterMetricFamily(
             "ehc_transitions", "Health transitions reported by workers", value=c.transitions
         )
+        yield CounterMetricFamily(
+            "ehc_node_verdicts",
+            "Nodes judged down as a whole on pooled evidence (each also logged and an Event on the node)",
+            value=c.node_verdicts,
+        )
         yield GaugeMetricFamily("ehc_patch_queue_depth", "Status patches waiting", value=c.writes.queue_depth)
         yield CounterMetricFamily(
             "ehc_patch_retries",
@@ -142,6 +147,7 @@ class ControllerCollector(Collector):
             "inflight": GaugeMetricFamily("ehc_probes_in_flight", "Probes in flight", labels=["worker"]),
             "cpu": CounterMetricFamily("ehc_worker_cpu_seconds", "CPU time of the worker process (per process lifetime)", labels=["worker"]),
             "rss": GaugeMetricFamily("ehc_worker_resident_memory_bytes", "Resident memory of the worker process", labels=["worker"]),
+            "looks": CounterMetricFamily("ehc_node_looks", "Node episodes opened: a silence nothing explained, so every other target of the node was probed at once (per worker process lifetime)", labels=["worker"]),
             "info": GaugeMetricFamily("ehc_worker_info", "The worker's current process (from its last stats frame)", labels=["worker", "pid"]),
         }  # fmt: skip
         restarts = CounterMetricFamily("ehc_worker_restarts", "Worker processes restarted", labels=["worker"])
@@ -168,6 +174,7 @@ class ControllerCollector(Collector):
             per_worker["inflight"].add_metric([label], s.in_flight)
             per_worker["cpu"].add_metric([label], s.cpu_seconds)
             per_worker["rss"].add_metric([label], s.rss_bytes)
+            per_worker["looks"].add_metric([label], s.looks)
             per_worker["info"].add_metric([label, str(s.pid)], 1)
             previous = 0
             for i, cumulative in enumerate(s.latency_buckets):

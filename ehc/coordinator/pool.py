@@ -36,6 +36,7 @@ from ehc.wire.messages import (
     Health,
     Hello,
     Init,
+    NodeVerdict,
     Remove,
     Stats,
     Stop,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 OnTransition = Callable[[int, Transition], None]
 OnStats = Callable[[Stats], None]
 OnSuspects = Callable[[int, int], None]
+OnNode = Callable[[int, NodeVerdict], None]
 
 _STABLE_AFTER = 30.0  # a worker that lived this long resets its restart backoff
 START_ATTEMPTS = 3
@@ -146,6 +148,7 @@ class WorkerPool:
         on_transition: OnTransition,
         on_stats: OnStats | None = None,
         on_suspects: OnSuspects | None = None,
+        on_node: OnNode | None = None,
         stats_interval: float = 1.0,
         restart_backoff: tuple[float, float] = (0.2, 10.0),
         env: dict[str, str] | None = None,
@@ -160,6 +163,7 @@ class WorkerPool:
         self._on_transition = on_transition
         self._on_stats = on_stats
         self._on_suspects = on_suspects
+        self._on_node = on_node
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
         self._env = env
@@ -286,22 +290,29 @@ class WorkerPool:
 
     # ---- targets ------------------------------------------------------------------------------
 
-    def worker_of(self, key: str) -> int:
-        return worker_for(key, self.size)
+    def worker_of(self, target: Target) -> int:
+        """Whole nodes per worker: a node's targets fail together, and one worker judges them together."""
+        return worker_for(target.node or target.key, self.size)
 
     def upsert(self, targets: Iterable[Target]) -> None:
-        """Add or change targets.  A changed address or check list restarts from ``target.health``."""
+        """Add or change targets.  A changed address, check list or node restarts from ``target.health``."""
         batches: dict[int, list[Target]] = {}
+        moved: dict[int, list[str]] = {}
         for t in targets:
             old = self._targets.get(t.key)
-            if old is not None and old.ip == t.ip and old.checks == t.checks:
+            if old is not None and old.ip == t.ip and old.checks == t.checks and old.node == t.node:
                 continue
-            index = self._owner.get(t.key)
-            if index is None:
-                index = self._owner[t.key] = self.worker_of(t.key)
+            index = self.worker_of(t)
+            previous = self._owner.get(t.key)
+            if previous is not None and previous != index:
+                moved.setdefault(previous, []).append(t.key)
+            self._owner[t.key] = index
             self._targets[t.key] = t
             self._health.pop(t.key, None)
             batches.setdefault(index, []).append(t)
+        for index, keys in moved.items():
+            if (proc := self._procs[index]) is not None:
+                proc.send(Remove(keys=keys))
         for index, batch in batches.items():
             if (proc := self._procs[index]) is not None:
                 proc.send(Upsert(targets=batch))
@@ -332,6 +343,9 @@ class WorkerPool:
         if isinstance(msg, Transitions):
             if msg.suspects >= 0 and self._on_suspects is not None:
                 self._on_suspects(proc.index, msg.suspects)
+            if self._on_node is not None:
+                for verdict in msg.nodes:
+                    self._on_node(proc.index, verdict)
             for tr in msg.items:
                 if self._owner.get(tr.key) != proc.index:
                     continue  # removed (or moved) while the transition was in the pipe

@@ -73,14 +73,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
+    Setting(
+        "EHC_NODE_EVIDENCE", "--node-evidence", "int", 10,
+        "judge a whole node down once this many attempts on its targets went unanswered and none of them "
+        "answered since (a false verdict needs that many losses in a row); 0 judges every target alone",
+        minimum=0, maximum=1000,
+    ),
     Setting("EHC_WORKERS", "--workers", "int", 1, "probe worker processes (each needs up to a core at full load)", minimum=1, maximum=MAX_WORKERS),
     Setting(
         "EHC_FAILSAFE_SHARE", "--failsafe-share", "share", 0.5,
         "stop ejecting while more than this share of all targets is unhealthy or suspect",
     ),
     Setting("EHC_FAILSAFE_MIN_TARGETS", "--failsafe-min-targets", "int", 10, "fleets smaller than this are exempt from the fail-safe", minimum=0),
-    Setting("EHC_PATCH_QPS", "--patch-qps", "float", 50.0, "status patches per second, at most (client-side budget)", minimum=0.1),
-    Setting("EHC_PATCH_BURST", "--patch-burst", "int", 100, "patches that may go at once after a quiet spell", minimum=1),
+    Setting("EHC_PATCH_QPS", "--patch-qps", "float", 100.0, "status patches per second, at most, after the burst (client-side budget)", minimum=0.1),
+    Setting("EHC_PATCH_BURST", "--patch-burst", "int", 500, "patches that may go at once after a quiet spell: enough for a few whole nodes' ejections", minimum=1),
     Setting("EHC_PATCH_CONCURRENCY", "--patch-concurrency", "int", 16, "patch requests in flight, at most", minimum=1),
     Setting("EHC_METRICS_ADDRESS", "--metrics-address", "address", ":9090", "HOST:PORT, [IPv6]:PORT or :PORT for /metrics, /healthz and /readyz (empty: off)"),
     Setting("EHC_LOG_LEVEL", "--log-level", "choice", "info", "log level", choices=LEVELS),
@@ -176,6 +182,7 @@ class RunSettings:
     concurrency: int
     recovery_threshold: int
     confirm_spacing: float
+    node_evidence: int
     default_probe: str
     selectorless: bool
     selectorless_namespaces: tuple[str, ...]
@@ -203,6 +210,7 @@ class RunSettings:
             retry_count=self.retry_count,
             recovery_threshold=self.recovery_threshold,
             confirm_spacing=self.confirm_spacing,
+            node_evidence=self.node_evidence,
         )
 
 

@@ -12,6 +12,9 @@ Rules (DESIGN.md §1 "Patcher"):
   after a newer one.
 - Writes submitted within ``batch_window`` of the first one of a burst are released together, up to
   ``concurrency`` requests in flight, each request paying one token of a ``qps``/``burst`` bucket.
+- Ejections first: a write that takes something out of service (``urgent``) is sent before any
+  other write that is ready, so a mass failure's ejections never queue behind first values or
+  recoveries for tokens or request slots.
 - Level-triggered: a write stays wanted until it lands, is replaced, or is cancelled.  What
   ``ApiError.retryable`` calls retryable (no answer, timeouts, 408, 429, 5xx) is retried for as long
   as it is wanted, with the one ``Backoff`` (exponential, full jitter, capped), never sooner than the
@@ -67,6 +70,11 @@ class Write(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def urgent(self) -> bool:
+        """It takes something out of service: sent before every other write that is ready."""
+        ...
+
     async def send(self, api: ApiClient, timeout: float) -> None:
         """Make the request; raise ``ApiError`` when it does not land."""
 
@@ -93,10 +101,11 @@ class TokenBucket:
 
 
 class _Item:
-    __slots__ = ("attempts", "cancelled", "ready_at", "seq", "submitted", "write")
+    __slots__ = ("attempts", "cancelled", "ready_at", "seq", "submitted", "urgent", "write")
 
     def __init__(self, write: Write, submitted: float, ready_at: float, seq: int) -> None:
         self.write = write
+        self.urgent = write.urgent
         self.submitted = submitted
         self.ready_at = ready_at  # not before: batching window, backoff
         self.seq = seq
@@ -134,7 +143,9 @@ class WriteQueue:
         self._on_done = on_done
         self._pending: dict[str, _Item] = {}  # queued, at most one per object (the latest)
         self._inflight: dict[str, _Item] = {}  # being sent, at most one per object
-        self._heap: list[tuple[float, int, str]] = []  # (ready_at, seq, key); stale entries skipped
+        # (ready_at, seq, key) of queued writes, ejections apart; stale entries are skipped.
+        self._urgent: list[tuple[float, int, str]] = []
+        self._heap: list[tuple[float, int, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._seq = 0
@@ -169,7 +180,7 @@ class WriteQueue:
         self._seq += 1
         item = _Item(w, now, ready, self._seq)
         self._pending[key] = item
-        heapq.heappush(self._heap, (ready, item.seq, key))
+        self._push(item)
         self._wake.set()
 
     def cancel(self, key: str) -> None:
@@ -187,6 +198,7 @@ class WriteQueue:
         dropped = len(self._pending)
         self._pending.clear()
         self._heap.clear()
+        self._urgent.clear()
         for item in self._inflight.values():
             item.cancelled = True
         return dropped
@@ -228,19 +240,29 @@ class WriteQueue:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- dispatching ------------------------------------------------------------------------------
-    def _dispatch(self, now: float) -> float | None:
-        """Start every request that may start now; return how long until something may change
-        (None: nothing to do until woken by a submit or a finished request)."""
-        heap = self._heap
+    def _head(self, heap: list[tuple[float, int, str]]) -> tuple[float, int, str] | None:
+        """The heap's first entry that is still a queued write and not in flight (stale ones go)."""
         while heap:
-            ready_at, seq, key = heap[0]
-            item = self._pending.get(key)
-            if item is None or item.seq != seq:
-                heapq.heappop(heap)  # superseded or cancelled
+            entry = heap[0]
+            item = self._pending.get(entry[2])
+            if item is None or item.seq != entry[1] or entry[2] in self._inflight:
+                heapq.heappop(heap)  # superseded, cancelled, or pushed again when its request ends
                 continue
-            if key in self._inflight:
-                heapq.heappop(heap)  # pushed again when the in-flight one finishes
-                continue
+            return entry
+        return None
+
+    def _dispatch(self, now: float) -> float | None:
+        """Start every request that may start now, ejections first; return how long until something
+        may change (None: nothing to do until woken by a submit or a finished request)."""
+        while True:
+            urgent, other = self._head(self._urgent), self._head(self._heap)
+            if urgent is None and other is None:
+                return None
+            # The ejection that is ready, else whichever write is ready first.
+            if urgent is not None and (other is None or urgent[0] <= max(now, other[0])):
+                heap, (ready_at, _, key) = self._urgent, urgent
+            else:
+                heap, (ready_at, _, key) = self._heap, other  # type: ignore[misc]
             wait = max(ready_at, self._paused_until) - now
             if wait > 0:
                 return wait
@@ -252,12 +274,11 @@ class WriteQueue:
             if wait > 0:
                 return wait
             heapq.heappop(heap)
-            del self._pending[key]
+            item = self._pending.pop(key)
             self._inflight[key] = item
             task = asyncio.create_task(self._send(item), name=f"ehc-patch {key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return None
 
     async def _send(self, item: _Item) -> None:
         key = item.write.key
@@ -329,10 +350,10 @@ class WriteQueue:
                 self.failures_in_a_row, len(self._pending),
             )  # fmt: skip
             self._paused_until = 0.0
+            self._heap, self._urgent = [], []
             for item in self._pending.values():
                 item.ready_at = min(item.ready_at, now)
-            self._heap = [(item.ready_at, item.seq, key) for key, item in self._pending.items()]
-            heapq.heapify(self._heap)
+                self._push(item)
         self.failures_in_a_row = 0
 
     def _requeue(self, item: _Item, now: float, delay: float, why: str) -> None:
@@ -346,7 +367,7 @@ class WriteQueue:
         else:
             item.ready_at = now + delay
             self._pending[key] = item
-            heapq.heappush(self._heap, (item.ready_at, item.seq, key))
+            self._push(item)
         self._push_pending(key)
         self._wake.set()
 
@@ -360,10 +381,13 @@ class WriteQueue:
         self._push_pending(key)
         self._wake.set()
 
+    def _push(self, item: _Item) -> None:
+        heapq.heappush(self._urgent if item.urgent else self._heap, (item.ready_at, item.seq, item.write.key))
+
     def _push_pending(self, key: str) -> None:
         nxt = self._pending.get(key)
         if nxt is not None:
-            heapq.heappush(self._heap, (nxt.ready_at, nxt.seq, key))
+            self._push(nxt)
 
     def _report(self, item: _Item, outcome: str, now: float) -> None:
         self.counts[outcome] += 1

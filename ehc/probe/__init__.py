@@ -28,6 +28,16 @@ Done = Callable[[int, float, str], None]
 """``done(outcome, latency_seconds, detail)``; detail is "" on success, else a short reason."""
 
 
+SILENCE = frozenset({"timeout", "timeout connecting", "hostunreach", "hostdown", "netunreach", "timedout"})
+"""Failure details that mean the endpoint's host said nothing at all (no reset, no status, no reply):
+the evidence a powered-off node leaves.  Any other failure is an answer from the host: refused, an
+HTTP status, or a timeout after the connection was made ("timeout waiting for the response")."""
+
+
+def silent(detail: str) -> bool:
+    return detail in SILENCE
+
+
 # Errors that describe this process or host, not the endpoint: they never count against a target.
 LOCAL_ERRNOS = frozenset(
     {

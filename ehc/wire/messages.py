@@ -34,6 +34,8 @@ class Target(msgspec.Struct, frozen=True, array_like=True):
     checks: tuple[Check, ...]
     health: Health = Health.UNKNOWN
     """Last known health: a restarted worker resumes from it instead of re-announcing every target."""
+    node: str = ""
+    """The node it runs on ("" when unknown): a node's targets fail together, and are judged together."""
 
 
 # ---- coordinator → worker -------------------------------------------------------------------------
@@ -80,6 +82,7 @@ class Transition(msgspec.Struct, frozen=True, array_like=True):
     latency: float
     attempts: int  # agreeing attempts in a row that decided it
     wall_time: float
+    node: str = ""  # set when its node was judged down as a whole (see NodeVerdict), not the target alone
 
     @property
     def kind(self) -> str:
@@ -90,11 +93,25 @@ class Transition(msgspec.Struct, frozen=True, array_like=True):
         return port_of(self.check)
 
 
+class NodeVerdict(msgspec.Struct, frozen=True, array_like=True):
+    """A whole node judged down on pooled evidence: ``attempts`` on its targets went unanswered, and
+    none of them (nor its witness) answered for ``silent_for`` seconds.  Its ``targets`` believed up
+    flip together, each as a Transition naming the node."""
+
+    node: str
+    targets: int
+    attempts: int
+    silent_for: float
+    wall_time: float
+
+
 class Transitions(msgspec.Struct, tag="transitions"):
     items: list[Transition]
     suspects: int = -1
     """The worker's suspect count after these transitions, so the coordinator never counts a target
     both as suspect and as unhealthy (-1: not given)."""
+    nodes: list[NodeVerdict] = []
+    """Node verdicts behind some of ``items``, so the coordinator says it once per node."""
 
 
 class Suspects(msgspec.Struct, tag="suspects"):
@@ -120,6 +137,7 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     local_errors: int
     skipped_probes: int  # not started because the worker fell a whole interval behind
     transitions: int
+    looks: int = 0  # node episodes opened (each probed the node's other targets at once)
     latency_buckets: list[int]  # cumulative counts per LATENCY_BUCKETS bound, +Inf last
     latency_sum: float
     # Schedule lag over the last window: how late a probe started against its slot.

@@ -67,6 +67,9 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_count: int = 5
     recovery_threshold: int = 2
     confirm_spacing: float = 0.05
+    node_evidence: int = 10
+    """Unanswered attempts on a node's targets, with no answer from any of them since the first, that
+    judge the whole node down at once (0: every target is judged alone)."""
 
     def validate(self) -> ProbeSettings:
         """Return self, or raise ValueError naming the bad field and what is allowed."""
@@ -78,6 +81,8 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"retry count must be >= 0, got {self.retry_count}")
         if self.recovery_threshold < 1:
             raise ValueError(f"recovery threshold must be >= 1, got {self.recovery_threshold}")
+        if self.node_evidence < 0:
+            raise ValueError(f"node evidence must be >= 0, got {self.node_evidence}")
         if self.confirm_spacing < 0:
             raise ValueError(f"confirm spacing must be >= 0, got {format_duration(self.confirm_spacing)}")
         return self

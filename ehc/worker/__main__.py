@@ -23,6 +23,7 @@ from ehc.wire.logs import FORMATS, LEVELS, setup_logging
 from ehc.wire.messages import (
     Hello,
     Init,
+    NodeVerdict,
     Remove,
     Stats,
     Stop,
@@ -74,6 +75,7 @@ class Worker(asyncio.Protocol):
         self._engine: Engine | None = None
         self._init: Init | None = None
         self._pending: list[Transition] = []
+        self._pending_nodes: list[NodeVerdict] = []
         self._stats_timer: asyncio.TimerHandle | None = None
         self._suspects_timer: asyncio.TimerHandle | None = None
         self._suspects_sent = 0
@@ -121,7 +123,9 @@ class Worker(asyncio.Protocol):
 
     def _start(self, init: Init) -> None:
         self._init = init
-        self._engine = Engine(self._loop, init.settings, self._queue_transition)
+        self._engine = Engine(
+            self._loop, init.settings, self._queue_transition, on_node=self._pending_nodes.append
+        )
         said = self._engine.start()
         log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), said)
         self._send(Hello(worker=init.worker, pid=os.getpid(), probers=said))
@@ -141,10 +145,11 @@ class Worker(asyncio.Protocol):
 
     def _flush(self) -> None:
         items, self._pending = self._pending, []
+        nodes, self._pending_nodes[:] = list(self._pending_nodes), []
         if items:
             suspects = self._engine.suspects if self._engine is not None else -1
             self._suspects_sent = suspects
-            self._send(Transitions(items=items, suspects=suspects))
+            self._send(Transitions(items=items, suspects=suspects, nodes=nodes))
 
     def _report_suspects(self) -> None:
         engine, init = self._engine, self._init
@@ -175,6 +180,7 @@ class Worker(asyncio.Protocol):
             local_errors=engine.local_errors,
             skipped_probes=engine.skipped_probes,
             transitions=engine.transitions,
+            looks=engine.looks,
             latency_buckets=engine.latency.cumulative(),
             latency_sum=engine.latency.sum,
             window_seconds=now - self._window_start,

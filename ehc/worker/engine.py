@@ -13,6 +13,18 @@ healthy after ``recovery_threshold`` successes in a row; a target of unknown hea
 on its first success.  Local errors (no descriptors, no ports) say nothing about the endpoint and
 never count.
 
+**Node evidence.**  A powered-off node silences all of its targets at once, and the coordinator
+gives each worker whole nodes (``Target.node``), so a worker sees every target of a node.  A node
+remembers when any of its targets last *answered* (a success, a refusal, an HTTP status: anything but
+silence).  A silent failure of a target believed up, started after the node's last answer, is one
+no answer explains: it opens a *node episode* and every other target of the node is probed at once
+(the look).  Once ``node_evidence`` attempts on the node's targets have gone unanswered since the
+episode's onset, the look has been out for ``LOOK_GRACE`` and still nothing answered, the whole node
+is judged down and every target of it believed up flips together.  Any answer closes the episode:
+the node is alive and its failing targets are judged one by one, exactly as without node evidence.
+Random loss silences attempts one at a time; a false node verdict needs ``node_evidence`` of them in
+a row with every other attempt on the node lost too (docs: the arithmetic).
+
 Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
 its prober's deadline queue.  The engine knows no probe kind by name: each check is handed to the
 prober the registry names for its kind, and a target with several checks is one attempt that
@@ -24,16 +36,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import random
 import socket
 import time
 from collections.abc import Callable
 from functools import partial
 
-from ehc.probe import FAIL, LOCAL_ERROR, OK, Prober
+from ehc.probe import FAIL, LOCAL_ERROR, OK, Prober, silent
 from ehc.probe.registry import PROBERS
 from ehc.wire.checks import Check, kind_of, target_kind
-from ehc.wire.messages import Health, Target, Transition
+from ehc.wire.messages import Health, NodeVerdict, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.stats import LagWindow, LatencyHistogram
 
@@ -49,6 +62,9 @@ _CATCH_UP = 4
 """Most slots started in one go when the loop runs late."""
 _LOCAL_ERROR_LOG_EVERY = 5.0
 _MAX_SHAPES = 4096
+LOOK_GRACE = 0.1
+"""How long the look at a node's other targets must go unanswered before the node may be judged
+down: far longer than a live node's kernel takes to answer a connect, with room for a busy loop."""
 
 
 class _Target:
@@ -62,13 +78,15 @@ class _Target:
         "ip",
         "key",
         "kind",
+        "node",
         "removed",
         "slot",
         "votes",
     )
 
-    def __init__(self, spec: Target, checks: tuple[Check, ...], kind: str) -> None:
+    def __init__(self, spec: Target, checks: tuple[Check, ...], kind: str, node: _Node | None) -> None:
         self.key = spec.key
+        self.node = node
         self.ip = spec.ip
         self.checks = checks
         self.kind = kind
@@ -80,6 +98,21 @@ class _Target:
         self.removed = False
 
 
+class _Node:
+    """The targets of one node in this worker, when the node last answered, and its open episode."""
+
+    __slots__ = ("attempts", "epoch", "last_answer", "members", "name", "onset", "opened")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[str, _Target] = {}
+        self.last_answer = -math.inf  # monotonic time of the latest answer from any of its targets
+        self.onset: float | None = None  # start of the first silence no answer explains; None: no episode
+        self.opened = 0.0  # when the episode opened and the look went out
+        self.attempts = 0  # silent attempts started since the onset
+        self.epoch = 0  # bumped per episode: a deferred verdict of an older one is void
+
+
 class Engine:
     """Probes a changing set of targets on one event loop and reports transitions."""
 
@@ -89,15 +122,20 @@ class Engine:
         settings: ProbeSettings,
         on_transition: Callable[[Transition], None],
         *,
+        on_node: Callable[[NodeVerdict], None] = lambda verdict: None,
         probers: dict[str, Prober] | None = None,
     ) -> None:
-        """``probers`` replaces the registry's prober for the kinds it names (tests script outcomes)."""
+        """``on_node`` hears of a node verdict before its targets' transitions.  ``probers`` replaces
+        the registry's prober for the kinds it names (tests script outcomes)."""
         self._loop = loop
         self._settings = settings
         self._on_transition = on_transition
+        self._on_node = on_node
         self._fail_needed = 1 + settings.retry_count
         self._recover_needed = settings.recovery_threshold
         self._targets: dict[str, _Target] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._node_needed = settings.node_evidence
         self._slots_n = max(1, min(_MAX_SLOTS, round(settings.interval / TICK)))
         self._slot_len = settings.interval / self._slots_n
         self._wheel: list[dict[str, _Target]] = [{} for _ in range(self._slots_n)]
@@ -115,7 +153,8 @@ class Engine:
         self.failures = dict.fromkeys(PROBERS, 0)
         self.local_errors = 0
         self.transitions = 0
-        self.suspects = 0  # targets believed up with a failure episode open
+        self._suspects = 0  # targets believed up with a failure episode of their own open
+        self.looks = 0  # node episodes opened (each probes the node's other targets at once)
         self.skipped_probes = 0  # probes not started because the loop fell a whole interval behind
         self._local_error_logged_at = -_LOCAL_ERROR_LOG_EVERY
         self._local_errors_unlogged = 0
@@ -136,6 +175,7 @@ class Engine:
         for t in self._targets.values():
             t.removed = True
         self._targets.clear()
+        self._nodes.clear()
         self._wheel = [{} for _ in range(self._slots_n)]
         for prober in self._probers.values():
             prober.close()
@@ -150,7 +190,7 @@ class Engine:
         """
         old = self._targets.get(spec.key)
         if old is not None:
-            if old.ip == spec.ip and old.checks == spec.checks:
+            if old.ip == spec.ip and old.checks == spec.checks and old.node is self._nodes.get(spec.node):
                 return
             self.remove(spec.key)
         shape = self._shapes.get(spec.checks)
@@ -160,7 +200,14 @@ class Engine:
             if len(self._shapes) >= _MAX_SHAPES:  # HTTP checks may carry a header or path per pod
                 self._shapes.clear()
             shape = self._shapes[spec.checks] = (spec.checks, target_kind(spec.checks))
-        t = _Target(spec, *shape)
+        node = None
+        if spec.node and self._node_needed:
+            node = self._nodes.get(spec.node)
+            if node is None:
+                node = self._nodes[spec.node] = _Node(spec.node)
+        t = _Target(spec, *shape, node)
+        if node is not None:
+            node.members[t.key] = t
         self._targets[spec.key] = t
         t.slot = random.randrange(self._slots_n)
         self._wheel[t.slot][t.key] = t
@@ -171,9 +218,13 @@ class Engine:
         t = self._targets.pop(key, None)
         if t is not None:
             if t.votes and t.health != _UNHEALTHY:
-                self.suspects -= 1
+                self._suspects -= 1
             t.removed = True
             del self._wheel[t.slot][key]
+            if (node := t.node) is not None:
+                del node.members[key]
+                if not node.members:
+                    del self._nodes[node.name]
 
     @property
     def target_counts(self) -> dict[str, int]:
@@ -188,6 +239,16 @@ class Engine:
 
     def health(self, key: str) -> Health:
         return self._targets[key].health
+
+    @property
+    def suspects(self) -> int:
+        """Targets believed up that are in doubt: in a failure episode of their own, or on a node in an
+        open episode (the fail-safe must see a dark fleet coming before the first node verdict)."""
+        doubted = self._suspects
+        for node in self._nodes.values():
+            if node.onset is not None:
+                doubted += sum(1 for m in node.members.values() if m.health != _UNHEALTHY and not m.votes)
+        return doubted
 
     # ---- schedule -----------------------------------------------------------------------------
 
@@ -259,8 +320,14 @@ class Engine:
         if outcome == OK and t.health == _HEALTHY and not t.votes:  # the common case: nothing to decide
             self.probes[t.kind] += 1
             self.latency.add(latency)
+            if (node := t.node) is not None:
+                node.last_answer = time.monotonic()
+                if node.onset is not None:
+                    node.onset = None  # alive after all
             return
         self._count(t.kind, outcome, latency)
+        if t.node is not None and outcome != LOCAL_ERROR and not t.removed:
+            self._node_evidence(t, outcome, latency, detail)
         self._judge(t, gen, check, outcome, latency, detail)
 
     def _judge(self, t: _Target, gen: int, check: Check, outcome: int, latency: float, detail: str) -> None:
@@ -277,13 +344,13 @@ class Engine:
         if ok == believed_up:  # agrees: any open episode is over
             if t.votes:
                 if believed_up:
-                    self.suspects -= 1
+                    self._suspects -= 1
                 t.votes = 0
                 t.gen += 1
             return
         t.votes += 1
         if believed_up and t.votes == 1:
-            self.suspects += 1
+            self._suspects += 1
         needed = self._fail_needed if believed_up else self._recover_needed
         if t.votes >= needed:
             self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, check, detail, latency)
@@ -292,6 +359,60 @@ class Engine:
             start = time.monotonic()
             for i in range(1, needed):
                 self._loop.call_at(start + i * spacing, self._confirm, t, t.gen)
+
+    # ---- node evidence --------------------------------------------------------------------------
+
+    def _node_evidence(self, t: _Target, outcome: int, latency: float, detail: str) -> None:
+        """What one result says about the target's node (before the target itself is judged)."""
+        node = t.node
+        assert node is not None
+        now = time.monotonic()
+        if outcome == OK or not silent(detail):
+            # A timeout after the connection was made was answered at some point after the start.
+            heard = now if outcome == OK or not detail.startswith("timeout") else now - latency
+            node.last_answer = max(node.last_answer, heard)
+            if node.onset is not None and heard >= node.onset:
+                node.onset = None  # the node is alive: its silent targets are judged one by one
+            return
+        start = now - latency
+        if t.health == _UNHEALTHY or node.last_answer >= start:
+            return  # known dead, or the node answered since: the target's own failure
+        if node.onset is None:
+            node.onset, node.opened, node.attempts = start, now, 0
+            node.epoch += 1
+            self.looks += 1
+            for m in node.members.values():  # look where it broke
+                if m is not t and m.health != _UNHEALTHY and not m.votes:
+                    self._attempt(m)
+        elif start < node.onset:
+            node.onset = start
+        node.attempts += 1
+        self._node_check(node, node.epoch)
+
+    def _node_check(self, node: _Node, epoch: int) -> None:
+        if node.onset is None or node.epoch != epoch or node.attempts < self._node_needed:
+            return
+        due = node.opened + LOOK_GRACE
+        if time.monotonic() < due:
+            self._loop.call_at(due, self._node_check, node, epoch)
+            return
+        self._node_down(node)
+
+    def _node_down(self, node: _Node) -> None:
+        onset = node.onset
+        assert onset is not None
+        node.onset = None
+        silent_for = time.monotonic() - onset
+        up = [m for m in node.members.values() if m.health != _UNHEALTHY]
+        if not up:
+            return  # every target already judged on its own: nothing left to say
+        self._on_node(NodeVerdict(node.name, len(up), node.attempts, silent_for, time.time()))
+        detail = (
+            f"node {node.name} silent: {node.attempts} attempts on its targets unanswered, "
+            f"nothing heard from it for {silent_for * 1000:.0f} ms"
+        )
+        for m in up:
+            self._flip(m, _UNHEALTHY, m.checks[0], detail, silent_for, node=node.name)
 
     def _log_local_error(self, t: _Target, detail: str) -> None:
         """Say so, at most every few seconds: when descriptors run out, they run out for thousands."""
@@ -314,15 +435,17 @@ class Engine:
         self._local_error_logged_at = now
         self._local_errors_unlogged = 0
 
-    def _flip(self, t: _Target, health: Health, check: Check, detail: str, latency: float) -> None:
+    def _flip(
+        self, t: _Target, health: Health, check: Check, detail: str, latency: float, *, node: str = ""
+    ) -> None:
         attempts = max(1, t.votes)
-        if health == _UNHEALTHY:
-            self.suspects -= 1
+        if t.votes and t.health != _UNHEALTHY:
+            self._suspects -= 1  # it was in doubt, believed up
         t.health = health
         t.votes = 0
         t.gen += 1
         self.transitions += 1
-        self._on_transition(Transition(t.key, health, check, detail, latency, attempts, time.time()))
+        self._on_transition(Transition(t.key, health, check, detail, latency, attempts, time.time(), node))
 
 
 def _start_failed(kind: str, exc: Exception) -> str:
@@ -355,6 +478,8 @@ class _AllChecks:
 
     def _on_check(self, check: Check, outcome: int, latency: float, detail: str) -> None:
         self._engine._count(kind_of(check), outcome, latency)
+        if self._target.node is not None and outcome != LOCAL_ERROR and not self._target.removed:
+            self._engine._node_evidence(self._target, outcome, latency, detail)
         if outcome == FAIL and self._fail is None:
             self._fail = (FAIL, check, latency, detail)
         elif outcome == LOCAL_ERROR and self._local is None:

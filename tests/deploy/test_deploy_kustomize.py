@@ -37,7 +37,7 @@ CHART_VALUES = {
             "settings": {"logLevel": "debug", "logFormat": "text"}},
     "staging": {"replicaCount": 2, "workers": 2, "profile": "balanced"},
     "prod": {"replicaCount": 3, "workers": 3, "profile": "tolerant",
-             "settings": {"patchQps": 100, "patchBurst": 200}},
+             "settings": {"patchQps": 200, "patchBurst": 1000}},
 }  # fmt: skip
 
 

@@ -377,3 +377,79 @@ async def test_selectorless_backends_of_a_powered_off_node_go_out_and_come_back(
             await until(lambda: backends <= back().keys(), "the addresses back")
         finally:
             assert await stop(proc) == 0
+
+
+def events(sim: SimCluster, reason: str) -> list[dict]:
+    return [
+        e.body for e in sim.api.write_log.entries if e.resource == "events" and e.body.get("reason") == reason
+    ]
+
+
+async def test_a_powered_off_node_is_judged_down_as_a_whole() -> None:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        proc = await start_ehc(sim, "ehc-a")
+        try:
+            await until(conditions_are(api, gate_pods, "True"))
+            victim = "sim-node-001"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            fleet.power_off(victim)
+            await until(lambda: on_victim <= marked_unready(sim).keys(), "the node's pods out")
+            await until(lambda: bool(events(sim, "NodeSilent")), "an Event on the node")
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == on_victim
+            [said] = events(sim, "NodeSilent")  # one Event for the node, none per pod
+            assert said["involvedObject"]["kind"] == "Node" and said["involvedObject"]["name"] == victim
+            assert f"{len(on_victim)} of its targets silent" in said["message"]
+            named = {
+                (e["involvedObject"]["namespace"], e["involvedObject"]["name"])
+                for e in events(sim, "EndpointUnhealthy")
+            }
+            assert not named & on_victim
+            for ns, name in on_victim:  # each pod's condition (Ready, or the gate it has) says why
+                said_on_pod = " ".join(
+                    c.get("message", "") for c in api.get_pod(ns, name)["status"]["conditions"]
+                )
+                assert f"node {victim} silent" in said_on_pod
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_part_of_a_node_failing_ejects_exactly_those_pods() -> None:
+    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        on_node = [p for p in fleet.pods_on("sim-node-000") if p.opted_in and p.ports]
+        silent, refusing = on_node[:2], on_node[2:4]
+        proc = await start_ehc(sim, "ehc-a")
+        try:
+            await until(conditions_are(api, gate_pods, "True"))
+            for p in silent:
+                fleet.power_off_pod(p)  # its packets dropped: silence, but the node's other pods answer
+            for p in refusing:
+                fleet.close_port(p, p.ports[0])
+            failing = {(p.namespace, p.name) for p in silent + refusing}
+            await until(lambda: failing <= marked_unready(sim).keys(), "the failing pods out")
+            await asyncio.sleep(1.0)
+            assert marked_unready(sim).keys() == failing
+            assert events(sim, "NodeSilent") == []
+        finally:
+            assert await stop(proc) == 0
+
+
+async def test_random_loss_on_one_node_ejects_nothing() -> None:
+    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        # Six confirmations: a pod alone would need 7 losses in a row; the node needs 10.
+        proc = await start_ehc(sim, "ehc-a", "--retry-count", "6")
+        try:
+            await until(conditions_are(api, gate_pods, "True"))
+            fleet.set_loss(20, "sim-node-000")
+            await asyncio.sleep(8.0)  # about 25 attempts per pod, 5 of them lost
+            fleet.set_loss(0, "sim-node-000")
+            assert marked_unready(sim) == {}
+            assert events(sim, "NodeSilent") == []
+        finally:
+            assert await stop(proc) == 0

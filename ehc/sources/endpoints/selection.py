@@ -49,7 +49,7 @@ class AddressTarget:
     checks: tuple[Check, ...]
 
     def probe_target(self, health: Health) -> Target:
-        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health)
+        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health, node=self.node)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,11 @@ class ReadinessPatch(Generic[T]):
     def key(self) -> str:
         return f"{self.kind.name}/{self.namespace}/{self.name}"
 
+    @property
+    def urgent(self) -> bool:
+        """It takes an address out of service: ejections go first."""
+        return not all(self.want.values())
+
     async def send(self, api: ApiClient, timeout: float) -> None:
         decode = self.kind.decode
         path = self.kind.path(self.namespace, self.name)

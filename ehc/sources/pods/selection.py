@@ -68,7 +68,7 @@ class PodTarget:
         return tuple(p for c in self.checks if (p := port_of(c)))
 
     def probe_target(self, health: Health) -> Target:
-        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health)
+        return Target(key=self.key, ip=self.ip, checks=self.checks, health=health, node=self.node)
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,8 +194,12 @@ class PodSource:
     # ---- writes ---------------------------------------------------------------------------------
 
     def written(self, write: StatusPatch, outcome: str) -> None:
-        """A status patch finished: a landed one is recorded as an Event on the pod."""
+        """A status patch finished: a landed one is recorded as an Event on the pod, unless its node was
+        judged down as a whole (one Event on the node says that, not seventy on its pods)."""
         if outcome != "ok":
+            return
+        rec = self._pods.get(write.key)
+        if rec is not None and rec.evidence is not None and rec.evidence.node:
             return
         first = write.conditions[0]
         self._events.emit(

@@ -34,6 +34,11 @@ class StatusPatch:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def urgent(self) -> bool:
+        """It takes the pod out of service (a condition set False): ejections go first."""
+        return any(c.status == "False" for c in self.conditions)
+
     def body(self) -> dict[str, object]:
         body: dict[str, object] = {
             "status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}

@@ -1,0 +1,191 @@
+"""Node evidence in the engine: a node's targets judged together, with scripted answers per address.
+
+The per-target chain is made long (retry count 30) so that a flip within these tests can only come
+from the node verdict, and node_evidence short (6) so it comes quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from helpers import until
+
+from ehc.probe import FAIL, OK, Done
+from ehc.wire.checks import Check, Tcp
+from ehc.wire.messages import Health, NodeVerdict, Target, Transition
+from ehc.wire.settings import ProbeSettings
+from ehc.worker.engine import LOOK_GRACE, Engine
+
+SETTINGS = ProbeSettings(
+    interval=0.2, timeout=0.1, retry_count=30, recovery_threshold=2, confirm_spacing=0.005, node_evidence=6
+)
+
+
+class Network:
+    """Stands in for the TCP prober: each address answers as its behaviour says, silence after the
+    timeout as a powered-off host would, anything else at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self.behaviour: dict[str, Callable[[], str]] = {}
+        self.calls: list[tuple[float, str]] = []
+        self.in_flight = 0
+
+    def open(self) -> str:
+        return ""
+
+    def start(self, ip: str, family: int, check: Check, done: Done) -> None:
+        self.calls.append((self._loop.time(), ip))
+        answer = self.behaviour.get(ip, lambda: "ok")()
+        if answer == "ok":
+            self._loop.call_soon(done, OK, 0.001, "")
+        elif answer == "silent":
+            self._loop.call_later(self.timeout, done, FAIL, self.timeout, "timeout")
+        else:  # an answer that is a failure: "connrefused", "timeout waiting for the response", ...
+            delay = self.timeout if answer.startswith("timeout") else 0.001
+            self._loop.call_later(delay, done, FAIL, delay, answer)
+
+    def close(self) -> None:
+        pass
+
+
+class Run:
+    def __init__(self, settings: ProbeSettings = SETTINGS) -> None:
+        loop = asyncio.get_running_loop()
+        self.net = Network(loop, settings.timeout)
+        self.transitions: list[Transition] = []
+        self.nodes: list[NodeVerdict] = []
+        self.engine = Engine(
+            loop, settings, self.transitions.append, on_node=self.nodes.append, probers={"tcp": self.net}
+        )  # type: ignore[dict-item]
+        self.engine.start()
+
+    def add(self, node: str, *ips: str) -> list[str]:
+        for ip in ips:
+            self.engine.upsert(Target(f"pod-{ip}", ip, (Tcp(80),), Health.HEALTHY, node=node))
+        return [f"pod-{ip}" for ip in ips]
+
+    def set(self, answer: str | Callable[[], str], *ips: str) -> None:
+        for ip in ips:
+            self.net.behaviour[ip] = answer if callable(answer) else (lambda a=answer: a)
+
+    def down(self) -> dict[str, Transition]:
+        return {tr.key: tr for tr in self.transitions if tr.health == Health.UNHEALTHY}
+
+
+def ips(node: int, n: int) -> list[str]:
+    return [f"127.1.{node}.{i}" for i in range(1, n + 1)]
+
+
+async def test_a_silent_node_is_judged_down_as_a_whole_and_the_others_are_left_alone() -> None:
+    run = Run()
+    dead = run.add("n1", *ips(1, 8))
+    live = run.add("n2", *ips(2, 4))
+    await asyncio.sleep(0.3)  # every target answered at least once
+    run.set("silent", *ips(1, 8))
+    await until(lambda: len(run.down()) == 8, "the silent node's targets out")
+    await asyncio.sleep(0.3)
+    down = run.down()
+    assert set(down) == set(dead) and not set(down) & set(live)
+    assert {tr.node for tr in down.values()} == {"n1"}  # the node's verdict, not eight chains of 31
+    assert [(v.node, v.targets) for v in run.nodes] == [("n1", 8)]
+    assert run.nodes[0].attempts >= SETTINGS.node_evidence
+    assert run.nodes[0].silent_for >= SETTINGS.timeout + LOOK_GRACE
+    assert "node n1 silent" in next(iter(down.values())).detail
+    run.engine.close()
+
+
+async def test_the_first_silence_looks_at_every_other_target_of_the_node_at_once() -> None:
+    run = Run(
+        ProbeSettings(interval=2.0, timeout=0.1, retry_count=30, confirm_spacing=0.005, node_evidence=50)
+    )
+    run.add("n1", *ips(1, 6))
+    await until(lambda: len(run.net.calls) >= 6, "every target probed once")
+    await asyncio.sleep(0.1)
+    run.set("silent", *ips(1, 6))
+    first = run.net.calls[-1][0]
+    # The next regular probe of one target fails after the timeout; at that moment the other five
+    # are probed, long before their own turn in the 2 s interval.
+    await until(lambda: run.engine.looks == 1, "a look")
+    looked = {ip for t, ip in run.net.calls if t > first}
+    assert looked == set(ips(1, 6))
+    assert run.engine.suspects == 6  # all of the node is in doubt at once, for the fail-safe
+    run.engine.close()
+
+
+async def test_one_silent_target_on_a_live_node_stays_its_own_business() -> None:
+    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=6))
+    keys = run.add("n1", *ips(1, 8))
+    await asyncio.sleep(0.3)
+    run.set("silent", ips(1, 8)[0])
+    await until(lambda: keys[0] in run.down(), "the silent target out")
+    await asyncio.sleep(0.5)
+    assert list(run.down()) == [keys[0]]
+    assert run.down()[keys[0]].node == "" and run.nodes == []
+    run.engine.close()
+
+
+async def test_half_a_node_refusing_ejects_exactly_those_refusals_are_answers() -> None:
+    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=2))
+    keys = run.add("n1", *ips(1, 8))
+    await asyncio.sleep(0.3)
+    run.set("connrefused", *ips(1, 8)[:4])
+    await until(lambda: len(run.down()) == 4, "the refusing half out")
+    await asyncio.sleep(0.5)
+    assert set(run.down()) == set(keys[:4]) and run.nodes == []
+    run.engine.close()
+
+
+async def test_a_response_timeout_is_an_answer_of_the_node() -> None:
+    # Connected, then the application stalls: the node's kernel answered; only per-target judgement.
+    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=2))
+    run.add("n1", *ips(1, 4))
+    await asyncio.sleep(0.3)
+    run.set("timeout waiting for the response", *ips(1, 4))
+    await until(lambda: len(run.down()) == 4, "the stalled targets out, one by one")
+    assert run.nodes == [] and {tr.node for tr in run.down().values()} == {""}
+    run.engine.close()
+
+
+async def test_random_loss_on_a_node_judges_nothing() -> None:
+    # 20 % of attempts lost at random on every target of the node: silences come one at a time and
+    # the others' answers explain them.  A verdict would need 6 losses in a row with nothing between.
+    rng = random.Random(7)
+    run = Run(
+        ProbeSettings(interval=0.1, timeout=0.05, retry_count=30, confirm_spacing=0.005, node_evidence=6)
+    )
+    run.add("n1", *ips(1, 12))
+    run.set(lambda: "silent" if rng.random() < 0.2 else "ok", *ips(1, 12))
+    await until(lambda: run.engine.failures["tcp"] >= 100, "plenty of lost attempts")
+    assert run.transitions == [tr for tr in run.transitions if tr.health == Health.HEALTHY]
+    assert run.nodes == []
+    run.engine.close()
+
+
+async def test_without_node_evidence_every_target_is_judged_alone() -> None:
+    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=0))
+    run.add("n1", *ips(1, 5))
+    await asyncio.sleep(0.3)
+    run.set("silent", *ips(1, 5))
+    await until(lambda: len(run.down()) == 5, "every target out on its own chain")
+    assert run.nodes == [] and run.engine.looks == 0
+    assert {(tr.node, tr.attempts) for tr in run.down().values()} == {("", 4)}
+    run.engine.close()
+
+
+async def test_a_target_that_recovers_closes_the_node_episode() -> None:
+    # The node goes quiet, then one target answers before the evidence is complete: no verdict.
+    run = Run(
+        ProbeSettings(interval=0.2, timeout=0.1, retry_count=30, confirm_spacing=0.005, node_evidence=40)
+    )
+    run.add("n1", *ips(1, 6))
+    await asyncio.sleep(0.3)
+    run.set("silent", *ips(1, 6))
+    await until(lambda: run.engine.looks == 1, "the node in doubt")
+    run.set("ok", ips(1, 6)[0])
+    await until(lambda: run.engine.suspects < 6, "the answer ends the node's episode")
+    await asyncio.sleep(0.5)
+    assert run.nodes == []
+    run.engine.close()
