@@ -1,12 +1,14 @@
-"""Load test: ehc and the reference-design baseline against thousands of simulated pods, side by side.
+"""Load test: ehc, ehc judging every pod alone, and the reference-design baseline against thousands of
+simulated pods, side by side.
 
-    .venv/bin/python perf/run.py                  # everything, by hand (about an hour; as root)
+    .venv/bin/python perf/run.py                  # everything, by hand (about two hours; as root)
     .venv/bin/python perf/run.py --quick          # a small fleet, short phases, under 2 minutes (CI)
     .venv/bin/python perf/run.py --scenarios power_off_1_node api_trouble --repeat 3 --json out.json
     .venv/bin/python perf/run.py --scenarios soak --soak-minutes 10   # by hand, never in the default run
 
 Each scenario starts a fresh simulated cluster (default 5,000 pods on 50 nodes), runs the real
-``ehc run`` (or ``perf/baseline.py``) inside its network namespace, breaks something, and measures
+``ehc run`` (as "ehc"; as "per-pod" with ``--node-evidence 0`` too, where node failure or loss is
+what is measured) or ``perf/baseline.py`` inside its network namespace, breaks something, and measures
 what the API server's write log and ``/proc`` saw.  Figures of repeated runs are reported as medians
 with their spread.  The report goes to ``--json`` (default ``perf/out/report.json``) and the plot to
 ``--plot`` (default ``perf/out/detection.png``); the table and the goals are printed at the end.
@@ -23,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,12 +54,15 @@ BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "lo
                 "api_trouble", "leader_failover", "scale"}  # fmt: skip
 BY_HAND = ("soak",)  # selectable with --scenarios, never in the default run
 QUICK_BASELINE = {"steady_state", "power_off_1_node"}  # in --quick, the baseline's slowness costs minutes
+# ehc with --node-evidence 0 ("per-pod") too, where detection under node failure or loss is measured
+PER_POD_TOO = {"power_off_1_node", "power_off_10pct_nodes", "loss"}
+QUICK_PER_POD = {"power_off_1_node"}
 
 
 @dataclass
 class Step:
     scenario: str  # key in the report
-    checker: str  # "ehc" | "baseline" | "" (the step compares both itself)
+    checker: str  # a CheckerSpec's name: "ehc" | "per-pod" | "baseline"; "" (the step compares itself)
     run: Callable[[], Awaitable[Any]]
     seconds: float  # rough duration, for the progress bar
 
@@ -67,22 +72,37 @@ def ehc_spec(profile: str, workers: int) -> CheckerSpec:
     return CheckerSpec("ehc", flags, workers, parse_duration(PROFILES[profile]["interval"]))
 
 
+def per_pod_spec(profile: str, workers: int) -> CheckerSpec:
+    """ehc as configured, but judging every target alone: no node-level evidence."""
+    spec = ehc_spec(profile, workers)
+    return replace(spec, args=(*spec.args, "--node-evidence", "0"), name="per-pod")
+
+
 def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
     ehc = ehc_spec(args.profile, args.workers)
+    per_pod = per_pod_spec(args.profile, args.workers)
     baseline = CheckerSpec("baseline")
     with_baseline = not args.no_baseline
     steps: list[Step] = []
 
     def add(
-        name: str, fn: Callable[..., Awaitable[Figures]], est: float, base_est: float, *extra: Any
+        name: str,
+        fn: Callable[..., Awaitable[Figures]],
+        est: float,
+        base_est: float,
+        *extra: Any,
+        scenario: str | None = None,
     ) -> None:
-        """``repeat`` runs of ``fn(opts, spec, tag, *extra)`` for ehc, then for the baseline."""
+        """``repeat`` runs of ``fn(opts, spec, tag, *extra)`` for ehc, then for per-pod where it is planned
+        (by ``scenario``, default ``name``: the report key), then for the baseline."""
         checkers = [(ehc, est, args.repeat)]
+        if not args.no_per_pod and (scenario or name) in (QUICK_PER_POD if args.quick else PER_POD_TOO):
+            checkers.append((per_pod, est, args.repeat))
         if with_baseline and (not args.quick or name in QUICK_BASELINE):
             checkers.append((baseline, base_est, args.baseline_repeat))
         for spec, seconds, repeat in checkers:
             steps.extend(
-                Step(name, spec.kind, partial(fn, opts, spec, f"{name}-{i}", *extra), seconds)
+                Step(name, spec.name, partial(fn, opts, spec, f"{name}-{i}", *extra), seconds)
                 for i in range(repeat)
             )
 
@@ -97,7 +117,7 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
         elif name == "loss":
             for percent, seconds in opts.loss:
                 add(f"loss_{percent}pct", scenarios.loss_scenario, warm + seconds + 5, warm + seconds + 25,
-                    percent, seconds)  # fmt: skip
+                    percent, seconds, scenario=name)  # fmt: skip
         elif name == "flapping":
             est = warm + opts.flap_rounds * 0.65 + opts.flap_cycles * 8 + 5
             add(name, scenarios.flapping, est, est)
@@ -133,7 +153,7 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
                 if with_baseline and not args.quick:
                     specs.append(baseline)
                 steps.extend(
-                    Step(name, spec.kind, partial(scenarios.scale_point, opts, spec, f"scale-{pods}", pods),
+                    Step(name, spec.name, partial(scenarios.scale_point, opts, spec, f"scale-{pods}", pods),
                          warm + pods / 2000 + opts.scale_seconds)
                     for spec in specs
                 )  # fmt: skip
@@ -261,13 +281,15 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
         "profile_settings": PROFILES[args.profile],
         "workers": args.workers,
         "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
-        "repeat": {"ehc": args.repeat, "baseline": args.baseline_repeat},
+        "repeat": {"ehc": args.repeat, "per-pod": 0 if args.no_per_pod else args.repeat,
+                   "baseline": args.baseline_repeat},
         "wall_seconds": round(seconds, 1),
         "node_monitor_grace_period_seconds": report.GRACE_PERIOD,
         "scenarios": out,
         "errors": errors,
     }  # fmt: skip
     rep["ehc_over_baseline"] = report.ratios(out)
+    rep["ehc_over_per_pod"] = report.ratios(out, "per-pod", report.detection_figures(out))
     rep["goals"] = report.goals(rep)
     return rep
 
@@ -281,6 +303,9 @@ def merge(paths: list[str]) -> Figures:
     rep["scenarios"] = {k: v for r in reports for k, v in r["scenarios"].items()}
     rep["errors"] = [e for r in reports for e in r["errors"]]
     rep["ehc_over_baseline"] = report.ratios(rep["scenarios"])
+    rep["ehc_over_per_pod"] = report.ratios(
+        rep["scenarios"], "per-pod", report.detection_figures(rep["scenarios"])
+    )
     rep["goals"] = report.goals(rep)
     return rep
 
@@ -292,7 +317,7 @@ def options(args: argparse.Namespace) -> Options:
                        flap_rounds=3, flap_cycles=1)  # fmt: skip
     else:
         opts = Options(nodes=args.nodes, pods_per_node=args.pods_per_node, steady_seconds=args.steady_seconds,
-                       loss=((2, args.loss_seconds), (5, args.loss_seconds / 2)), cap=args.cap,
+                       loss=((2, args.loss_seconds), (5, args.loss_seconds)), cap=args.cap,
                        trouble_seconds=args.trouble_seconds)  # fmt: skip
     opts.log_dir = Path(args.json).resolve().parent / "logs"
     opts.soak_minutes, opts.seed = args.soak_minutes, args.seed
@@ -303,7 +328,9 @@ def options(args: argparse.Namespace) -> Options:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See perf/README.md.")
     p.add_argument(
-        "--quick", action="store_true", help="1,000 pods, short phases, ehc-only long scenarios: < 2 min"
+        "--quick",
+        action="store_true",
+        help="1,000 pods, short phases, the baseline and per-pod only where they are quick: about 2 min",
     )
     p.add_argument(
         "--scenarios",
@@ -332,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=1,
-        help="runs of each scenario with ehc; figures are medians (default 1)",
+        help="runs of each scenario with ehc, and with per-pod where it runs; figures are medians (default 1)",
     )
     p.add_argument(
         "--baseline-repeat", type=int, default=1,
@@ -344,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--loss-seconds",
         type=float,
-        default=300.0,
-        help="duration of 2%% loss; 5%% runs half as long (default 300)",
+        default=600.0,
+        help="how long each loss rate (2%% and 5%%) runs before a node is powered off (default 600)",
     )
     p.add_argument(
         "--trouble-seconds",
@@ -366,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         help="soak duration; a node goes dark each minute (default 10)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the soak's random faults (default 1)")
-    p.add_argument("--no-baseline", action="store_true", help="ehc only")
+    p.add_argument("--no-baseline", action="store_true", help="leave the baseline out")
+    p.add_argument(
+        "--no-per-pod", action="store_true",
+        help="leave out per-pod: ehc with --node-evidence 0 (every target judged alone), which otherwise runs "
+        f"in {', '.join(sorted(PER_POD_TOO))} (in --quick: {', '.join(sorted(QUICK_PER_POD))})",
+    )  # fmt: skip
     p.add_argument(
         "--json", default=str(HERE / "out" / "report.json"), help="report file (default perf/out/report.json)"
     )

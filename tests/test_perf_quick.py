@@ -1,5 +1,5 @@
-"""``perf/run.py --quick``: the load-test harness end to end on a small fleet, both checkers, every
-scenario but capacity.  Loose sanity bounds only (the figures themselves are for ``perf/RESULTS.md``);
+"""``perf/run.py --quick``: the load-test harness end to end on a small fleet, every checker (ehc,
+per-pod: ehc with ``--node-evidence 0``, and the baseline) where planned, every scenario but capacity.  Loose sanity bounds only (the figures themselves are for ``perf/RESULTS.md``);
 what must hold whatever the machine's speed is asserted exactly: nothing written in steady state,
 nobody wrongly marked, nothing lost or duplicated, no false transitions after a worker crash."""
 
@@ -80,6 +80,18 @@ def test_power_off_side_by_side(report: dict) -> None:
     # The reference's sequential retries cost it (retries + 1) x timeout = 11 s per dead pod at least.
     assert b["detection_seconds"]["p50"] > sc["power_off_1_node"]["ehc"]["detection_seconds"]["p50"]
     assert report["ehc_over_baseline"]["power_off_1_node.detection_seconds.p50"] < 1
+
+
+def test_per_pod_beside_ehc_where_planned(report: dict) -> None:
+    sc = report["scenarios"]
+    p = sc["power_off_1_node"]["per-pod"]
+    assert p["detection_seconds"]["max"] is not None and p["detection_seconds"]["max"] > 0
+    assert p["wrongly_marked"] == 0
+    assert p["detected"] == p["victim_pods"] > 0
+    assert sc["power_off_1_node"]["per-pod_runs"] == 1
+    assert "power_off_1_node.detection_seconds.max" in report["ehc_over_per_pod"]
+    # --quick runs it in one-node power-off only.
+    assert all("per-pod" not in sc[name] for name in sc if name != "power_off_1_node")
 
 
 def test_loss_flapping_trouble_failover_crash_and_scale(report: dict) -> None:

@@ -1,5 +1,6 @@
-"""The two checkers under test, as real processes inside the simulated cluster's network namespace:
-``ehc run`` and the reference-design baseline (``perf/baseline.py``).
+"""The checkers under test, as real processes inside the simulated cluster's network namespace:
+``ehc run`` (as configured, and as "per-pod": the same with ``--node-evidence 0``) and the
+reference-design baseline (``perf/baseline.py``).
 
 Both are measured from the outside the same way (``/proc`` for CPU and memory, the API server's
 write log for what they wrote); each also reports its own counters: ehc on ``/metrics``, the
@@ -31,12 +32,19 @@ _metrics_ports = itertools.count(19_200)
 
 @dataclass(frozen=True)
 class CheckerSpec:
-    """Which checker, and how it is configured: ``args`` are passed on its command line."""
+    """Which checker, and how it is configured: ``args`` are passed on its command line.  ``kind`` is
+    the program run; ``name`` labels it in the report and in process identities (default: ``kind``),
+    so one program can be compared with itself under other flags."""
 
     kind: str  # "ehc" | "baseline"
     args: tuple[str, ...] = ()
     workers: int = 1  # ehc only
     interval: float = 1.0  # its probe interval (what ``args`` set), for the scheduled probe rate
+    name: str = ""  # the report key: "ehc", "per-pod", "baseline"; "" means ``kind``
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
 
     def command(self, sim: SimCluster, identity: str, metrics_port: int) -> list[str]:
         common = ["--kubeconfig", sim.kubeconfig, "--identity", identity, "--namespace", "default"]
@@ -219,7 +227,7 @@ class Replica:
 async def start_replicas(
     spec: CheckerSpec, sim: SimCluster, count: int, log_dir: Path, tag: str
 ) -> list[Replica]:
-    replicas = [Replica(spec, sim, f"{tag}-{spec.kind}-{i}", log_dir) for i in range(count)]
+    replicas = [Replica(spec, sim, f"{tag}-{spec.name}-{i}", log_dir) for i in range(count)]
     for r in replicas:
         await r.start()
     return replicas

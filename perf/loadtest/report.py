@@ -1,15 +1,21 @@
-"""Turning scenario runs into the report: medians and spread of repeated runs, ehc / baseline ratios,
-the goals with met or not, and the table printed at the end."""
+"""Turning scenario runs into the report: medians and spread of repeated runs, ehc / baseline and
+ehc / per-pod ratios, the goals with met or not, and the table printed at the end."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from typing import Any
 
 Figures = dict[str, Any]
 
 GRACE_PERIOD = 40.0  # the node controller's --node-monitor-grace-period default: the line to beat
+
+# The checkers of the table's columns, as they are keyed in the report (a CheckerSpec's name).
+CHECKERS = ("ehc", "per-pod", "baseline")
+# Figures from a fault to a write taking the target out: compared as ehc / per-pod wherever both ran.
+DETECTION = ("detection_seconds", "backend_detection_seconds", "service_slice_seconds")
 
 # (scenario, path to the figure): the figures compared as ehc / baseline.
 RATIOS: tuple[tuple[str, str], ...] = (
@@ -60,13 +66,27 @@ def summarize(runs: list[Figures]) -> tuple[Figures, Figures]:
     return medians, spread
 
 
-def ratios(scenarios: dict[str, Figures]) -> dict[str, float | None]:
+def detection_figures(scenarios: dict[str, Figures]) -> list[tuple[str, str]]:
+    """(scenario, path) of every detection quantile, in every scenario: what ehc / per-pod compares."""
+    return [(name, f"{fig}.{q}") for name in scenarios for fig in DETECTION for q in ("p50", "p99", "max")]
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, int | float) and isinstance(b, int | float) and b:
+        return round(a / b, 4)
+    return None
+
+
+def ratios(
+    scenarios: dict[str, Figures], other: str = "baseline", figures: Iterable[tuple[str, str]] = RATIOS
+) -> dict[str, float | None]:
+    """ehc's figure over ``other``'s, for each (scenario, path) of ``figures`` where both have it."""
     out: dict[str, float | None] = {}
-    for name, path in RATIOS:
+    for name, path in figures:
         entry = scenarios.get(name) or {}
-        a, b = get(entry.get("ehc"), path), get(entry.get("baseline"), path)
-        if isinstance(a, int | float) and isinstance(b, int | float) and b:
-            out[f"{name}.{path}"] = round(a / b, 4)
+        r = ratio(get(entry.get("ehc"), path), get(entry.get(other), path))
+        if r is not None:
+            out[f"{name}.{path}"] = r
     return out
 
 
@@ -127,16 +147,17 @@ def goals(report: Figures) -> list[Figures]:
 
 
 def table(report: Figures) -> str:
-    """The headline figures, ehc next to the baseline."""
+    """The headline figures, ehc next to per-pod (ehc with ``--node-evidence 0``) and the baseline, and
+    ehc / per-pod for the detection figures."""
     sc = report["scenarios"]
-    rows: list[tuple[str, Any, Any]] = []
+    rows: list[tuple[str, ...]] = []
 
     def row(label: str, scenario: str, path: str, unit: str = "") -> None:
-        e = get(sc.get(scenario), f"ehc.{path}")
-        b = get(sc.get(scenario), f"baseline.{path}")
-        if e is None and b is None:
+        values = [get(sc.get(scenario), f"{c}.{path}") for c in CHECKERS]
+        if all(v is None for v in values):
             return
-        rows.append((label, _fmt(e, unit), _fmt(b, unit)))
+        versus = _fmt(ratio(values[0], values[1]), "") if path.partition(".")[0] in DETECTION else ""
+        rows.append((label, *(_fmt(v, unit) for v in values), versus))
 
     row("steady: probes/s done / scheduled", "steady_state", "done_ratio")
     row("steady: CPU s per 1,000 probes", "steady_state", "cpu_seconds_per_1000_probes.total")
@@ -145,6 +166,7 @@ def table(report: Figures) -> str:
     row("1 node off: detection p50", "power_off_1_node", "detection_seconds.p50", " s")
     row("1 node off: detection max", "power_off_1_node", "detection_seconds.max", " s")
     row("1 node off: not detected within cap", "power_off_1_node", "not_detected_within_cap")
+    row("1 node off: pods wrongly marked", "power_off_1_node", "wrongly_marked")
     row("1 node off: writes per transition", "power_off_1_node", "writes_per_transition")
     row("1 node off: pod GETs per transition", "power_off_1_node", "pod_reads_per_transition")
     row("1 node off: out of Service slices p50", "power_off_1_node", "service_slice_seconds.p50", " s")
@@ -175,6 +197,7 @@ def table(report: Figures) -> str:
     )
     row("10% nodes off: writes per backend object", "power_off_10pct_nodes", "writes_per_backend_object")
     row("10% nodes off: not detected within cap", "power_off_10pct_nodes", "not_detected_within_cap")
+    row("10% nodes off: pods wrongly marked", "power_off_10pct_nodes", "wrongly_marked")
     for name in sorted(k for k in sc if k.startswith("loss_")):
         row(f"{name}: false ejections", name, "false_ejections")
         row(f"{name}: detection max", name, "detection_seconds.max", " s")
@@ -198,8 +221,9 @@ def table(report: Figures) -> str:
     row("soak: worker stalls", "soak", "worker_stalls")
     row("soak: opted-in pods out of service at the end", "soak", "out_of_service_at_end")
     width = max((len(r[0]) for r in rows), default=10)
-    lines = [f"  {'':<{width}}  {'ehc':>12}  {'baseline':>12}"]
-    lines += [f"  {label:<{width}}  {e:>12}  {b:>12}" for label, e, b in rows]
+    head = ("", *CHECKERS, "ehc/per-pod")
+    lines = [f"  {head[0]:<{width}}" + "".join(f"  {h:>12}" for h in head[1:])]
+    lines += [f"  {r[0]:<{width}}" + "".join(f"  {v:>12}" for v in r[1:]).rstrip() for r in rows]
     lines.append(f"  {'Kubernetes alone (node-monitor grace period)':<{width}}  {GRACE_PERIOD:>11.0f}s")
     injected = get(sc.get("soak"), "ehc.faults_injected")
     if injected:

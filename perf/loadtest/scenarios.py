@@ -46,7 +46,7 @@ class Options:
     steady_seconds: float = 30.0
     flap_rounds: int = 20  # brief outages per flapping pod
     flap_cycles: int = 3  # long outages per flapping pod
-    loss: tuple[tuple[int, float], ...] = ((2, 300.0), (5, 120.0))  # (percent, seconds)
+    loss: tuple[tuple[int, float], ...] = ((2, 600.0), (5, 600.0))  # (percent, seconds)
     trouble_seconds: float = 30.0
     cap: float = 150.0  # give up waiting for detections after this long (the baseline needs it)
     scale_sizes: tuple[int, ...] = (1_000, 5_000, 10_000, 20_000)
@@ -111,7 +111,7 @@ async def warm_up(sim: SimCluster, reps: list[Replica], opts: Options, backends:
                 return r
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{reps[0].spec.kind} did not pick up all {expected} targets; see {opts.log_dir}"
+                f"{reps[0].spec.name} did not pick up all {expected} targets; see {opts.log_dir}"
             )
         await asyncio.sleep(0.5)
 
@@ -883,7 +883,7 @@ class Soak:
             start = time.monotonic()
             leader.kill()
             self.faults.append(Fault("leader_kill", start, start, leader.identity))
-            identity = f"{self.tag}-{self.spec.kind}-{len(self.reps)}"
+            identity = f"{self.tag}-{self.spec.name}-{len(self.reps)}"
             standby = Replica(self.spec, self.sim, identity, self.opts.log_dir)
             await standby.start()
             self.reps.append(standby)
