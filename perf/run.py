@@ -67,9 +67,9 @@ class Step:
     seconds: float  # rough duration, for the progress bar
 
 
-def ehc_spec(profile: str, workers: int) -> CheckerSpec:
+def ehc_spec(profile: str, workers: int, *extra: str) -> CheckerSpec:
     flags = tuple(x for k, v in PROFILES[profile].items() for x in (f"--{k}", v))
-    return CheckerSpec("ehc", flags, workers, parse_duration(PROFILES[profile]["interval"]))
+    return CheckerSpec("ehc", (*flags, *extra), workers, parse_duration(PROFILES[profile]["interval"]))
 
 
 def per_pod_spec(profile: str, workers: int) -> CheckerSpec:
@@ -79,7 +79,8 @@ def per_pod_spec(profile: str, workers: int) -> CheckerSpec:
 
 
 def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
-    ehc = ehc_spec(args.profile, args.workers)
+    witness = ("--node-witness", args.node_witness) if args.node_witness != "off" else ()
+    ehc = ehc_spec(args.profile, args.workers, *witness)
     per_pod = per_pod_spec(args.profile, args.workers)
     baseline = CheckerSpec("baseline")
     with_baseline = not args.no_baseline
@@ -280,6 +281,7 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
         "profile": args.profile,
         "profile_settings": PROFILES[args.profile],
         "workers": args.workers,
+        "node_witness": args.node_witness,
         "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
         "repeat": {"ehc": args.repeat, "per-pod": 0 if args.no_per_pod else args.repeat,
                    "baseline": args.baseline_repeat},
@@ -348,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         "--backends-per-node", type=int, default=5,
         help="power-off scenarios: external backends per node behind selectorless Services, checked by "
         "ehc --selectorless (default 5; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--node-witness", choices=("off", "tcp", "icmp"), default="off",
+        help="ehc's node witness (EHC_NODE_WITNESS; the simulated nodes' kubelet ports refuse, which is "
+        "an answer; default off, as ehc's)",
     )  # fmt: skip
     p.add_argument(
         "--profile",

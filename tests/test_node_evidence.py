@@ -15,7 +15,7 @@ from ehc.probe import FAIL, OK, Done
 from ehc.wire.checks import Check, Tcp
 from ehc.wire.messages import Health, NodeVerdict, Target, Transition
 from ehc.wire.settings import ProbeSettings
-from ehc.worker.engine import LOOK_GRACE, Engine
+from ehc.worker.engine import LOOK_GRACE, WITNESS_MISSES, Engine
 
 SETTINGS = ProbeSettings(
     interval=0.2, timeout=0.1, retry_count=30, recovery_threshold=2, confirm_spacing=0.005, node_evidence=6
@@ -55,11 +55,14 @@ class Run:
     def __init__(self, settings: ProbeSettings = SETTINGS) -> None:
         loop = asyncio.get_running_loop()
         self.net = Network(loop, settings.timeout)
+        self.witness_net = Network(loop, 2 * settings.heartbeat)
+        self.witness_net.behaviour = self.net.behaviour  # one network: the node's address answers as set
         self.transitions: list[Transition] = []
         self.nodes: list[NodeVerdict] = []
+        probers = {"tcp": self.net, "witness-tcp": self.witness_net}
         self.engine = Engine(
-            loop, settings, self.transitions.append, on_node=self.nodes.append, probers={"tcp": self.net}
-        )  # type: ignore[dict-item]
+            loop, settings, self.transitions.append, on_node=self.nodes.append, probers=probers
+        )  # type: ignore[arg-type]
         self.engine.start()
 
     def add(self, node: str, *ips: str) -> list[str]:
@@ -188,4 +191,49 @@ async def test_a_target_that_recovers_closes_the_node_episode() -> None:
     await until(lambda: run.engine.suspects < 6, "the answer ends the node's episode")
     await asyncio.sleep(0.5)
     assert run.nodes == []
+    run.engine.close()
+
+
+WITNESSED = ProbeSettings(
+    interval=2.0, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=6,
+    witness=Tcp(10250), heartbeat=0.02,
+)  # fmt: skip
+
+
+async def test_a_node_whose_witness_answers_is_alive_and_its_silent_pods_are_judged_alone() -> None:
+    run = Run(WITNESSED)
+    keys = run.add("n1", *ips(1, 6))
+    run.engine.witness("n1", "127.1.1.250")
+    await until(lambda: len(run.net.calls) >= 6, "every target probed once")
+    await until(lambda: run.engine.witnesses == (1, 0), "the witness heard")
+    run.set("silent", *ips(1, 6))  # every pod silent, the node itself answering: not a dead node
+    await until(lambda: len(run.down()) == 6, "the silent pods out, one by one", limit=60)
+    assert run.nodes == [] and {tr.node for tr in run.down().values()} == {""}
+    assert set(run.down()) == set(keys)
+    run.engine.close()
+
+
+async def test_a_silent_witness_looks_at_its_node_before_any_pod_probe_fails() -> None:
+    run = Run(WITNESSED)
+    run.add("n1", *ips(1, 6))
+    run.engine.witness("n1", "127.1.1.250")
+    await until(lambda: len(run.net.calls) >= 6 and run.engine.witnesses == (1, 0), "probed, witness heard")
+    calls = len(run.net.calls)
+    run.set("silent", *ips(1, 6), "127.1.1.250")  # the power goes
+    # WITNESS_MISSES heartbeats later every pod is probed at once, well inside the pods' 2 s interval.
+    await until(lambda: run.engine.looks == 1, "the witness's look")
+    assert {ip for _, ip in run.net.calls[calls:]} == set(ips(1, 6))
+    assert run.engine.failures["tcp"] == 0  # no pod probe had failed yet: the witness alone looked
+    await until(lambda: len(run.down()) == 6, "the node judged down on its pods' silence")
+    assert [v.node for v in run.nodes] == ["n1"] and WITNESS_MISSES == 3
+    run.engine.close()
+
+
+async def test_a_witness_that_never_answered_is_not_used() -> None:
+    run = Run(WITNESSED)
+    run.add("n1", *ips(1, 6))
+    run.set("silent", "127.1.1.250")  # blocked by a firewall from the start
+    run.engine.witness("n1", "127.1.1.250")
+    await asyncio.sleep(0.5)  # 25 silent heartbeats
+    assert run.engine.witnesses == (1, 1) and run.engine.looks == 0
     run.engine.close()

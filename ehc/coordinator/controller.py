@@ -31,6 +31,7 @@ from ehc.kube.writes import Write, WriteQueue
 from ehc.sources import Source
 from ehc.sources.endpoints.kinds import KINDS, AddressKind
 from ehc.sources.endpoints.source import AddressSource
+from ehc.sources.nodes import NODES, NodeWitnesses
 from ehc.sources.pods import PodSource
 from ehc.wire.messages import Health, NodeVerdict, Target, Transition
 
@@ -85,6 +86,12 @@ class Controller:
         if settings.selectorless:
             for kind in KINDS:
                 self._add_addresses(api, kind, settings.selectorless_namespaces)
+        self.witnesses = NodeWitnesses(self._witnesses_changed)
+        if settings.node_witness != "off" and settings.node_evidence:
+            w = self.witnesses
+            self.watchers.append(
+                ListWatcher(api, NODES, on_page=w.page, on_snapshot=w.snapshot, on_event=w.event)
+            )
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
         self.node_verdicts = 0
@@ -163,6 +170,7 @@ class Controller:
         try:
             await pool.start()
             self.pool = pool
+            pool.witness(self.witnesses.addresses())
             pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
             self.writes.wake()
             while True:  # until the lease is lost (this task is cancelled)
@@ -194,6 +202,10 @@ class Controller:
         if self.pool is not None:
             self.pool.remove([key])
         self.decider.forget(key)
+
+    def _witnesses_changed(self, changes: dict[str, str]) -> None:
+        if self.pool is not None:
+            self.pool.witness(changes)
 
     # ---- workers → decisions → sources ----------------------------------------------------------
 

@@ -148,6 +148,7 @@ class ControllerCollector(Collector):
             "cpu": CounterMetricFamily("ehc_worker_cpu_seconds", "CPU time of the worker process (per process lifetime)", labels=["worker"]),
             "rss": GaugeMetricFamily("ehc_worker_resident_memory_bytes", "Resident memory of the worker process", labels=["worker"]),
             "looks": CounterMetricFamily("ehc_node_looks", "Node episodes opened: a silence nothing explained, so every other target of the node was probed at once (per worker process lifetime)", labels=["worker"]),
+            "witnesses": GaugeMetricFamily("ehc_node_witnesses", "Nodes whose own address is checked as their witness, by whether it ever answered (never: not used until it does)", labels=["worker", "heard"]),
             "info": GaugeMetricFamily("ehc_worker_info", "The worker's current process (from its last stats frame)", labels=["worker", "pid"]),
         }  # fmt: skip
         restarts = CounterMetricFamily("ehc_worker_restarts", "Worker processes restarted", labels=["worker"])
@@ -175,6 +176,8 @@ class ControllerCollector(Collector):
             per_worker["cpu"].add_metric([label], s.cpu_seconds)
             per_worker["rss"].add_metric([label], s.rss_bytes)
             per_worker["looks"].add_metric([label], s.looks)
+            per_worker["witnesses"].add_metric([label, "yes"], s.witnesses - s.witnesses_unheard)
+            per_worker["witnesses"].add_metric([label, "never"], s.witnesses_unheard)
             per_worker["info"].add_metric([label, str(s.pid)], 1)
             previous = 0
             for i, cumulative in enumerate(s.latency_buckets):

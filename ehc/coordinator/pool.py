@@ -45,6 +45,7 @@ from ehc.wire.messages import (
     Transition,
     Transitions,
     Upsert,
+    Witnesses,
 )
 from ehc.wire.settings import ProbeSettings
 
@@ -122,7 +123,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.exited.set_result(code if code is not None else -1)
         self.pool._on_exit(self, code)
 
-    def send(self, message: Init | Upsert | Remove | Stop) -> None:
+    def send(self, message: Init | Upsert | Remove | Witnesses | Stop) -> None:
         if self.alive and self.transport is not None:
             stdin = self.transport.get_pipe_transport(0)
             if stdin is not None and not stdin.is_closing():
@@ -175,6 +176,7 @@ class WorkerPool:
         self._targets: dict[str, Target] = {}
         self._owner: dict[str, int] = {}
         self._health: dict[str, Health] = {}
+        self._witnesses: dict[str, str] = {}  # node -> its own address, checked by the node's worker
         self._crashes = [0] * workers
         self._restart_timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[_WorkerProcess]] = set()
@@ -245,6 +247,9 @@ class WorkerPool:
             env=self._env if self._env is not None else os.environ.copy(),
         )
         proc.send(Init(worker=index, settings=self._settings, stats_interval=self._stats_interval))
+        witnesses = {n: ip for n, ip in self._witnesses.items() if worker_for(n, self.size) == index}
+        if witnesses:
+            proc.send(Witnesses(nodes=witnesses))
         mine = [self._resume(t) for k, t in self._targets.items() if self._owner[k] == index]
         if mine:
             proc.send(Upsert(targets=mine))
@@ -316,6 +321,21 @@ class WorkerPool:
         for index, batch in batches.items():
             if (proc := self._procs[index]) is not None:
                 proc.send(Upsert(targets=batch))
+
+    def witness(self, nodes: dict[str, str]) -> None:
+        """Set nodes' witness addresses ("" removes one), each sent to the worker holding the node."""
+        batches: dict[int, dict[str, str]] = {}
+        for node, ip in nodes.items():
+            if self._witnesses.get(node, "") == ip:
+                continue
+            if ip:
+                self._witnesses[node] = ip
+            else:
+                self._witnesses.pop(node, None)
+            batches.setdefault(worker_for(node, self.size), {})[node] = ip
+        for index, batch in batches.items():
+            if (proc := self._procs[index]) is not None:
+                proc.send(Witnesses(nodes=batch))
 
     def remove(self, keys: Iterable[str]) -> None:
         batches: dict[int, list[str]] = {}

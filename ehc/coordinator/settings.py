@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ehc.sources.pods.selection import PROBES
+from ehc.wire.checks import Icmp, Tcp
 from ehc.wire.logs import FORMATS, LEVELS
 from ehc.wire.settings import ProbeSettings, format_duration, parse_duration
 
@@ -79,6 +80,15 @@ SETTINGS: tuple[Setting, ...] = (
         "answered since (a false verdict needs that many losses in a row); 0 judges every target alone",
         minimum=0, maximum=1000,
     ),
+    Setting(
+        "EHC_NODE_WITNESS", "--node-witness", "choice", "off",
+        "also check each node's own address (its InternalIP) every heartbeat: tcp (connect to "
+        "EHC_NODE_WITNESS_PORT; a refusal is an answer too) or icmp; a node that answers is alive, one "
+        "that misses 3 heartbeats has its targets probed at once (never ejected for that alone); needs "
+        "nodes get/list/watch", choices=("off", "tcp", "icmp"),
+    ),
+    Setting("EHC_NODE_WITNESS_PORT", "--node-witness-port", "int", 10250, "the witness's TCP port (the kubelet's)", minimum=1, maximum=65535),
+    Setting("EHC_NODE_HEARTBEAT", "--node-heartbeat", "duration", 0.1, "how often each node's witness is checked (each check times out after two)", minimum=0.01, maximum=10),
     Setting("EHC_WORKERS", "--workers", "int", 1, "probe worker processes (each needs up to a core at full load)", minimum=1, maximum=MAX_WORKERS),
     Setting(
         "EHC_FAILSAFE_SHARE", "--failsafe-share", "share", 0.5,
@@ -183,6 +193,9 @@ class RunSettings:
     recovery_threshold: int
     confirm_spacing: float
     node_evidence: int
+    node_witness: str
+    node_witness_port: int
+    node_heartbeat: float
     default_probe: str
     selectorless: bool
     selectorless_namespaces: tuple[str, ...]
@@ -211,6 +224,8 @@ class RunSettings:
             recovery_threshold=self.recovery_threshold,
             confirm_spacing=self.confirm_spacing,
             node_evidence=self.node_evidence,
+            witness={"tcp": Tcp(self.node_witness_port), "icmp": Icmp()}.get(self.node_witness),
+            heartbeat=self.node_heartbeat,
         )
 
 
@@ -278,6 +293,11 @@ def concerns(s: RunSettings) -> list[str]:
             f"HEALTH_CHECK_TIMEOUT ({format_duration(s.timeout)}) is not shorter than HEALTH_CHECK_INTERVAL "
             f"({format_duration(s.interval)}): a silent target's attempts overlap, and a dead endpoint is "
             "found no sooner than one timeout after it went quiet"
+        )
+    if s.node_witness != "off" and not s.node_evidence:
+        out.append(
+            f"EHC_NODE_WITNESS is {s.node_witness} but EHC_NODE_EVIDENCE is 0: without node evidence "
+            "there is no node to witness, so no witness is checked"
         )
     if s.interval > 10:
         out.append(

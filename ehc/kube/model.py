@@ -167,6 +167,26 @@ class Endpoints(msgspec.Struct):
     subsets: list[EndpointSubset] | None = None
 
 
+class NodeAddress(msgspec.Struct):
+    type: str
+    address: str
+
+
+class NodeStatus(msgspec.Struct):
+    addresses: list[NodeAddress] = []
+
+
+class Node(msgspec.Struct):
+    """A node, for its own address (the witness of its pods)."""
+
+    metadata: ObjectMeta
+    status: NodeStatus = msgspec.field(default_factory=NodeStatus)
+
+    @property
+    def internal_ip(self) -> str:
+        return next((a.address for a in self.status.addresses if a.type == "InternalIP"), "")
+
+
 class ListMeta(msgspec.Struct):
     resourceVersion: str = ""
     # "continue" is a Python keyword

@@ -55,11 +55,17 @@ class Remove(msgspec.Struct, tag="remove"):
     keys: list[str]
 
 
+class Witnesses(msgspec.Struct, tag="witnesses"):
+    """Nodes' own addresses to check as their witnesses ("" stops a node's witness)."""
+
+    nodes: dict[str, str]
+
+
 class Stop(msgspec.Struct, tag="stop"):
     pass
 
 
-ToWorker = Init | Upsert | Remove | Stop
+ToWorker = Init | Upsert | Remove | Witnesses | Stop
 
 
 # ---- worker → coordinator -------------------------------------------------------------------------
@@ -138,6 +144,8 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     skipped_probes: int  # not started because the worker fell a whole interval behind
     transitions: int
     looks: int = 0  # node episodes opened (each probed the node's other targets at once)
+    witnesses: int = 0  # nodes with a witness address
+    witnesses_unheard: int = 0  # of those, witnesses that never answered (not used until they do)
     latency_buckets: list[int]  # cumulative counts per LATENCY_BUCKETS bound, +Inf last
     latency_sum: float
     # Schedule lag over the last window: how late a probe started against its slot.

@@ -6,6 +6,8 @@ import re
 
 import msgspec
 
+from ehc.wire.checks import Check
+
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
@@ -70,6 +72,10 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
     node_evidence: int = 10
     """Unanswered attempts on a node's targets, with no answer from any of them since the first, that
     judge the whole node down at once (0: every target is judged alone)."""
+    witness: Check | None = None
+    """What to check on each node's own address as its witness (None: no witness)."""
+    heartbeat: float = 0.1
+    """How often the witness is checked; an attempt times out after two heartbeats."""
 
     def validate(self) -> ProbeSettings:
         """Return self, or raise ValueError naming the bad field and what is allowed."""
@@ -81,6 +87,8 @@ class ProbeSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"retry count must be >= 0, got {self.retry_count}")
         if self.recovery_threshold < 1:
             raise ValueError(f"recovery threshold must be >= 1, got {self.recovery_threshold}")
+        if self.witness is not None and not self.heartbeat > 0:
+            raise ValueError(f"heartbeat must be > 0, got {format_duration(self.heartbeat)}")
         if self.node_evidence < 0:
             raise ValueError(f"node evidence must be >= 0, got {self.node_evidence}")
         if self.confirm_spacing < 0:

@@ -32,6 +32,7 @@ from ehc.wire.messages import (
     Transition,
     Transitions,
     Upsert,
+    Witnesses,
 )
 from ehc.worker.engine import Engine
 from ehc.worker.limits import raise_fd_limit
@@ -118,6 +119,12 @@ class Worker(asyncio.Protocol):
         elif isinstance(msg, Remove):
             for key in msg.keys:
                 engine.remove(key)
+        elif isinstance(msg, Witnesses):
+            for node, ip in msg.nodes.items():
+                try:
+                    engine.witness(node, ip)
+                except ValueError as exc:
+                    log.error("witness of node %s skipped: invalid address %r: %s", node, ip, exc)
         elif isinstance(msg, Stop):
             self.stop(0)
 
@@ -170,6 +177,7 @@ class Worker(asyncio.Protocol):
         now = time.monotonic()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         lag = engine.lag
+        witnesses, unheard = engine.witnesses
         stats = Stats(
             worker=worker,
             pid=os.getpid(),
@@ -181,6 +189,8 @@ class Worker(asyncio.Protocol):
             skipped_probes=engine.skipped_probes,
             transitions=engine.transitions,
             looks=engine.looks,
+            witnesses=witnesses,
+            witnesses_unheard=unheard,
             latency_buckets=engine.latency.cumulative(),
             latency_sum=engine.latency.sum,
             window_seconds=now - self._window_start,

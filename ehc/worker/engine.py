@@ -25,6 +25,12 @@ the node is alive and its failing targets are judged one by one, exactly as with
 Random loss silences attempts one at a time; a false node verdict needs ``node_evidence`` of them in
 a row with every other attempt on the node lost too (docs: the arithmetic).
 
+**Witness.**  Optionally each node's own address is checked every ``heartbeat`` (its kubelet port or
+ICMP).  Its answers are the node's answers; ``WITNESS_MISSES`` silent heartbeats in a row, with
+nothing else heard from the node since, open a node episode at once, so the look starts long before a
+pod probe's timeout.  A witness never counts towards a verdict: its false alarms cost probes, not
+traffic.  A witness that has never answered is not used (a firewall, not a dead node).
+
 Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
 its prober's deadline queue.  The engine knows no probe kind by name: each check is handed to the
 prober the registry names for its kind, and a target with several checks is one attempt that
@@ -62,6 +68,10 @@ _CATCH_UP = 4
 """Most slots started in one go when the loop runs late."""
 _LOCAL_ERROR_LOG_EVERY = 5.0
 _MAX_SHAPES = 4096
+WITNESS_MISSES = 3
+"""Silent heartbeats in a row that make the witness look at its node's targets (as BFD's multiplier)."""
+_WITNESS_UNHEARD_AFTER = 50
+"""Heartbeats without a first answer after which the witness's silence is reported, once."""
 LOOK_GRACE = 0.1
 """How long the look at a node's other targets must go unanswered before the node may be judged
 down: far longer than a live node's kernel takes to answer a connect, with room for a busy loop."""
@@ -101,16 +111,42 @@ class _Target:
 class _Node:
     """The targets of one node in this worker, when the node last answered, and its open episode."""
 
-    __slots__ = ("attempts", "epoch", "last_answer", "members", "name", "onset", "opened")
+    __slots__ = (
+        "attempts",
+        "epoch",
+        "last_answer",
+        "members",
+        "miss_start",
+        "misses",
+        "name",
+        "onset",
+        "opened",
+        "witness",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.witness: _Witness | None = None
         self.members: dict[str, _Target] = {}
         self.last_answer = -math.inf  # monotonic time of the latest answer from any of its targets
         self.onset: float | None = None  # start of the first silence no answer explains; None: no episode
         self.opened = 0.0  # when the episode opened and the look went out
         self.attempts = 0  # silent attempts started since the onset
         self.epoch = 0  # bumped per episode: a deferred verdict of an older one is void
+        self.misses = 0  # the witness's silent heartbeats in a row
+        self.miss_start = 0.0  # when the first of them started
+
+
+class _Witness:
+    """A node's own address, checked every heartbeat."""
+
+    __slots__ = ("beats", "family", "heard", "ip")
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+        self.heard = False  # it answered at least once: only then does its silence mean anything
+        self.beats = 0
 
 
 class Engine:
@@ -136,6 +172,10 @@ class Engine:
         self._targets: dict[str, _Target] = {}
         self._nodes: dict[str, _Node] = {}
         self._node_needed = settings.node_evidence
+        self._witness_ips: dict[str, str] = {}  # node -> its address, whether or not it has targets here
+        self._witness_check = settings.witness
+        self._witness_prober: Prober | None = None
+        self._beat: asyncio.TimerHandle | None = None
         self._slots_n = max(1, min(_MAX_SLOTS, round(settings.interval / TICK)))
         self._slot_len = settings.interval / self._slots_n
         self._wheel: list[dict[str, _Target]] = [{} for _ in range(self._slots_n)]
@@ -146,6 +186,9 @@ class Engine:
         self._probers: dict[str, Prober] = {
             kind: given.get(kind) or cls(loop, settings.timeout) for kind, cls in PROBERS.items()
         }
+        if settings.witness is not None and settings.node_evidence:
+            kind = kind_of(settings.witness)
+            self._witness_prober = given.get(f"witness-{kind}") or PROBERS[kind](loop, 2 * settings.heartbeat)
         # Targets share their checks and kind: a worker holds tens of thousands, with a few shapes.
         self._shapes: dict[tuple[Check, ...], tuple[tuple[Check, ...], str]] = {}
         # Cumulative figures, read by the worker's stats reporter.
@@ -167,11 +210,18 @@ class Engine:
         self._origin = time.monotonic()
         self._next_tick = 0
         self._driver = self._loop.call_at(self._origin, self._drive)
+        if self._witness_prober is not None:
+            self._witness_prober.open()
+            self._beat = self._loop.call_soon(self._heartbeat)
         return said
 
     def close(self) -> None:
         if self._driver is not None:
             self._driver.cancel()
+        if self._beat is not None:
+            self._beat.cancel()
+        if self._witness_prober is not None:
+            self._witness_prober.close()
         for t in self._targets.values():
             t.removed = True
         self._targets.clear()
@@ -205,6 +255,7 @@ class Engine:
             node = self._nodes.get(spec.node)
             if node is None:
                 node = self._nodes[spec.node] = _Node(spec.node)
+                self._set_witness(node)
         t = _Target(spec, *shape, node)
         if node is not None:
             node.members[t.key] = t
@@ -225,6 +276,28 @@ class Engine:
                 del node.members[key]
                 if not node.members:
                     del self._nodes[node.name]
+
+    def witness(self, node: str, ip: str) -> None:
+        """Check ``ip`` as ``node``'s witness ("" for none).  Raises ValueError for an invalid address."""
+        if ip:
+            ipaddress.ip_address(ip)
+            self._witness_ips[node] = ip
+        else:
+            self._witness_ips.pop(node, None)
+        if (n := self._nodes.get(node)) is not None:
+            self._set_witness(n)
+
+    def _set_witness(self, node: _Node) -> None:
+        ip = self._witness_ips.get(node.name, "") if self._witness_prober is not None else ""
+        if node.witness is None or node.witness.ip != ip:
+            node.witness = _Witness(ip) if ip else None
+            node.misses = 0
+
+    @property
+    def witnesses(self) -> tuple[int, int]:
+        """Nodes with a witness here, and how many of those witnesses never answered."""
+        ws = [n.witness for n in self._nodes.values() if n.witness is not None]
+        return len(ws), sum(1 for w in ws if not w.heard)
 
     @property
     def target_counts(self) -> dict[str, int]:
@@ -378,16 +451,70 @@ class Engine:
         if t.health == _UNHEALTHY or node.last_answer >= start:
             return  # known dead, or the node answered since: the target's own failure
         if node.onset is None:
-            node.onset, node.opened, node.attempts = start, now, 0
-            node.epoch += 1
-            self.looks += 1
-            for m in node.members.values():  # look where it broke
-                if m is not t and m.health != _UNHEALTHY and not m.votes:
-                    self._attempt(m)
+            self._look(node, start, now, t)
         elif start < node.onset:
             node.onset = start
         node.attempts += 1
         self._node_check(node, node.epoch)
+
+    def _look(self, node: _Node, onset: float, now: float, seen: _Target | None = None) -> None:
+        """Open a node episode: nothing heard from the node since ``onset``; probe every other target
+        of it believed up at once (look where it broke)."""
+        node.onset, node.opened, node.attempts = onset, now, 0
+        node.epoch += 1
+        self.looks += 1
+        for m in node.members.values():
+            if m is not seen and m.health != _UNHEALTHY and not m.votes:
+                self._attempt(m)
+
+    def _heartbeat(self) -> None:
+        """Check every witness once; again one heartbeat later."""
+        prober, check = self._witness_prober, self._witness_check
+        assert prober is not None and check is not None
+        self._beat = self._loop.call_later(self._settings.heartbeat, self._heartbeat)
+        now = time.monotonic()
+        for node in self._nodes.values():
+            if (w := node.witness) is not None:
+                done = partial(self._witnessed, node, w, now)
+                try:
+                    prober.start(w.ip, w.family, check, done)
+                except Exception as exc:  # a prober's bug says nothing about the node
+                    log.warning(
+                        "witness of node %s could not be checked: %s",
+                        node.name,
+                        _start_failed("witness", exc),
+                    )
+
+    def _witnessed(
+        self, node: _Node, w: _Witness, start: float, outcome: int, latency: float, detail: str
+    ) -> None:
+        if node.witness is not w or self._nodes.get(node.name) is not node or outcome == LOCAL_ERROR:
+            return
+        w.beats += 1
+        now = time.monotonic()
+        if outcome == OK or not silent(detail):  # the node answered: alive
+            w.heard, node.misses = True, 0
+            node.last_answer = max(node.last_answer, now)
+            if node.onset is not None:
+                node.onset = None
+            return
+        if not w.heard:
+            if w.beats == _WITNESS_UNHEARD_AFTER:
+                log.warning(
+                    "witness of node %s (%s) has not answered %d heartbeats (%s); it is not used until it does: "
+                    "is the port blocked between ehc and the node?", node.name, w.ip, w.beats, detail,
+                )  # fmt: skip
+            return
+        node.misses += 1
+        if node.misses == 1:
+            node.miss_start = start
+        if (
+            node.misses >= WITNESS_MISSES
+            and node.onset is None
+            and node.last_answer < node.miss_start
+            and any(m.health != _UNHEALTHY for m in node.members.values())
+        ):
+            self._look(node, node.miss_start, now)
 
     def _node_check(self, node: _Node, epoch: int) -> None:
         if node.onset is None or node.epoch != epoch or node.attempts < self._node_needed:

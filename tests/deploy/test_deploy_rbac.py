@@ -92,7 +92,7 @@ async def race_owner_edit(api: Any, plural: str, name: str) -> None:
     )
 
 
-async def record_ehc_run(selectorless: bool = False) -> list[tuple[Grant, str, str]]:
+async def record_ehc_run(selectorless: bool = False, witness: bool = False) -> list[tuple[Grant, str, str]]:
     sim = SimCluster(nodes=3, pods_per_node=6, netns=False, kubelet_delay=None)
     seen: list[tuple[str, str, dict[str, str]]] = []
     handle = sim.api._handle
@@ -107,11 +107,11 @@ async def record_ehc_run(selectorless: bool = False) -> list[tuple[Grant, str, s
         gate = [p for p in fleet.targets() if p.style == "gate"]
         victim = "sim-node-000"
         assert gate and any(p.opted_in and p.ports for p in fleet.pods_on(victim))
-        extra = []
+        extra = ["--node-witness", "tcp"] if witness else []
         if selectorless:
             backend = next(p for p in fleet.pods_on(victim) if p.ports)
             opted_in_objects(api, backend, backend.ports[0])
-            extra = ["--selectorless"]
+            extra += ["--selectorless"]
             # ehc's first write of each object is held up while the owner edits it: the write is refused
             # on the stale version, and ehc reads the object again (get).
             for plural, name in OPTED_IN:
@@ -146,6 +146,11 @@ def recorded() -> list[tuple[Grant, str, str]]:
 @pytest.fixture(scope="module")
 def recorded_selectorless() -> list[tuple[Grant, str, str]]:
     return asyncio.run(record_ehc_run(selectorless=True))
+
+
+@pytest.fixture(scope="module")
+def recorded_witness() -> list[tuple[Grant, str, str]]:
+    return asyncio.run(record_ehc_run(witness=True))
 
 
 SELECTORLESS = {(group, resource, verb) for group, resource in (("discovery.k8s.io", "endpointslices"), ("", "endpoints"))
@@ -230,3 +235,15 @@ def test_selectorless_uses_exactly_the_grants_of_its_chart_value_and_kustomize_c
     for namespace, role in roles.items():
         assert set(granted(role["rules"])) == SELECTORLESS
         assert bindings[namespace]["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_the_node_witness_uses_exactly_the_grants_of_its_chart_value_and_kustomize_component(
+    recorded: list[tuple[Grant, str, str]], recorded_witness: list[tuple[Grant, str, str]]
+) -> None:
+    used = {g for g, _, _ in recorded_witness} - {g for g, _, _ in recorded}
+    assert used == {("", "nodes", "list"), ("", "nodes", "watch")}
+    chart, _ = render_chart({"leaderElection": {"leaseName": LEASE_NAME}, "nodeWitness": {"mode": "tcp"}})
+    component = kustomize_with_components("base", "node-witness")
+    for objects in (chart, component):
+        cluster = granted(one(objects, "ClusterRole")["rules"])
+        assert set(cluster) == {g for g, _, _ in recorded_witness if g[0] != "coordination.k8s.io"}

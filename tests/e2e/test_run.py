@@ -453,3 +453,39 @@ async def test_random_loss_on_one_node_ejects_nothing() -> None:
             assert events(sim, "NodeSilent") == []
         finally:
             assert await stop(proc) == 0
+
+
+async def test_the_node_witness_is_honoured_a_node_that_answers_is_alive() -> None:
+    """Every opted-in pod of a node goes silent while the node itself still answers (its kubelet port
+    refuses: an answer): with the witness, they are judged one by one, with no node verdict.  Then the
+    whole node loses power: judged down as a whole."""
+    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        # Two small nodes both failing would engage the fail-safe: exempt this fleet.
+        proc = await start_ehc(
+            sim,
+            "ehc-a",
+            "--node-witness",
+            "tcp",
+            "--node-heartbeat",
+            "50ms",
+            "--failsafe-min-targets",
+            "1000",
+        )
+        try:
+            await until(conditions_are(api, gate_pods, "True"))
+            await asyncio.sleep(1.0)  # the witnesses heard
+            pods = [p for p in fleet.pods_on("sim-node-000") if p.opted_in]
+            for p in pods:
+                fleet.power_off_pod(p)
+            silent = {(p.namespace, p.name) for p in pods}
+            await until(lambda: silent <= marked_unready(sim).keys(), "the silent pods out, one by one")
+            assert events(sim, "NodeSilent") == []
+            others = {(p.namespace, p.name) for p in fleet.pods_on("sim-node-001") if p.opted_in}
+            fleet.power_off("sim-node-001")
+            await until(lambda: others <= marked_unready(sim).keys(), "the dead node's pods out")
+            await until(lambda: bool(events(sim, "NodeSilent")), "the node judged down as a whole")
+            assert [e["involvedObject"]["name"] for e in events(sim, "NodeSilent")] == ["sim-node-001"]
+        finally:
+            assert await stop(proc) == 0
