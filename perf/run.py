@@ -79,7 +79,11 @@ def per_pod_spec(profile: str, workers: int) -> CheckerSpec:
 
 
 def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
-    witness = ("--node-witness", args.node_witness) if args.node_witness != "off" else ()
+    witness = (
+        ("--node-witness", args.node_witness, "--node-heartbeat", args.node_heartbeat)
+        if args.node_witness != "off"
+        else ()
+    )
     ehc = ehc_spec(args.profile, args.workers, *witness)
     per_pod = per_pod_spec(args.profile, args.workers)
     baseline = CheckerSpec("baseline")
@@ -282,6 +286,7 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
         "profile_settings": PROFILES[args.profile],
         "workers": args.workers,
         "node_witness": args.node_witness,
+        "node_heartbeat": args.node_heartbeat,
         "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
         "repeat": {"ehc": args.repeat, "per-pod": 0 if args.no_per_pod else args.repeat,
                    "baseline": args.baseline_repeat},
@@ -356,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         help="ehc's node witness (EHC_NODE_WITNESS; the simulated nodes' kubelet ports refuse, which is "
         "an answer; default off, as ehc's)",
     )  # fmt: skip
+    p.add_argument(
+        "--node-heartbeat", default="100ms", help="with --node-witness: EHC_NODE_HEARTBEAT (default 100ms)"
+    )
     p.add_argument(
         "--profile",
         choices=sorted(PROFILES),

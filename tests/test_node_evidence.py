@@ -237,3 +237,37 @@ async def test_a_witness_that_never_answered_is_not_used() -> None:
     await asyncio.sleep(0.5)  # 25 silent heartbeats
     assert run.engine.witnesses == (1, 1) and run.engine.looks == 0
     run.engine.close()
+
+
+async def test_a_witnesss_look_is_judged_on_connects_unanswered_before_any_pod_probe_times_out() -> None:
+    # Pod probes time out after 2 s; the witness misses its heartbeats, looks, and the look's connects
+    # still unanswered LOOK_GRACE later are the evidence: the node is down long before 2 s.
+    settings = ProbeSettings(
+        interval=5.0, timeout=2.0, retry_count=3, confirm_spacing=0.005, node_evidence=6,
+        witness=Tcp(10250), heartbeat=0.02,
+    )  # fmt: skip
+    run = Run(settings)
+    run.add("n1", *ips(1, 8))
+    run.engine.witness("n1", "127.1.1.250")
+    await until(lambda: len(run.net.calls) >= 8 and run.engine.witnesses == (1, 0), "probed, witness heard")
+    run.set("silent", *ips(1, 8), "127.1.1.250")
+    await until(lambda: len(run.down()) == 8, "the node judged down")
+    assert run.engine.failures["tcp"] == 0  # no pod attempt had timed out yet
+    assert [(v.node, v.attempts) for v in run.nodes] == [("n1", 8)]
+    run.engine.close()
+
+
+async def test_a_witnesss_look_answered_by_one_pod_judges_nothing() -> None:
+    settings = ProbeSettings(
+        interval=5.0, timeout=2.0, retry_count=3, confirm_spacing=0.005, node_evidence=6,
+        witness=Tcp(10250), heartbeat=0.02,
+    )  # fmt: skip
+    run = Run(settings)
+    run.add("n1", *ips(1, 8))
+    run.engine.witness("n1", "127.1.1.250")
+    await until(lambda: len(run.net.calls) >= 8 and run.engine.witnesses == (1, 0), "probed, witness heard")
+    run.set("silent", *ips(1, 8)[1:], "127.1.1.250")  # the node's witness path broke; one pod answers
+    await until(lambda: run.engine.looks >= 1, "the witness's look")
+    await asyncio.sleep(0.5)
+    assert run.nodes == [] and run.down() == {}
+    run.engine.close()

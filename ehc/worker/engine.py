@@ -29,7 +29,11 @@ a row with every other attempt on the node lost too (docs: the arithmetic).
 ICMP).  Its answers are the node's answers; ``WITNESS_MISSES`` silent heartbeats in a row, with
 nothing else heard from the node since, open a node episode at once, so the look starts long before a
 pod probe's timeout.  A witness never counts towards a verdict: its false alarms cost probes, not
-traffic.  A witness that has never answered is not used (a firewall, not a dead node).
+traffic.  But the look it opened may be judged early: a connect that has had no SYN-ACK for
+``LOOK_GRACE`` is as silent as one that timed out, so once ``node_evidence`` of the look's TCP and ICMP
+attempts (HTTP and gRPC ones wait on applications, and count only when they time out) have gone
+unanswered that long, with nothing heard from the node, the node is judged down.  A witness that has
+never answered is not used (a firewall, not a dead node).
 
 Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
 its prober's deadline queue.  The engine knows no probe kind by name: each check is handed to the
@@ -72,6 +76,9 @@ WITNESS_MISSES = 3
 """Silent heartbeats in a row that make the witness look at its node's targets (as BFD's multiplier)."""
 _WITNESS_UNHEARD_AFTER = 50
 """Heartbeats without a first answer after which the witness's silence is reported, once."""
+_CONNECT_ONLY = frozenset({"tcp", "icmp"})
+"""Kinds whose attempt is answered by the node's kernel alone: unanswered means no SYN-ACK, no reply."""
+_READ_FIRST = 0.005
 LOOK_GRACE = 0.1
 """How long the look at a node's other targets must go unanswered before the node may be judged
 down: far longer than a live node's kernel takes to answer a connect, with room for a busy loop."""
@@ -115,6 +122,7 @@ class _Node:
         "attempts",
         "epoch",
         "last_answer",
+        "looked",
         "members",
         "miss_start",
         "misses",
@@ -133,6 +141,7 @@ class _Node:
         self.opened = 0.0  # when the episode opened and the look went out
         self.attempts = 0  # silent attempts started since the onset
         self.epoch = 0  # bumped per episode: a deferred verdict of an older one is void
+        self.looked: set[str] = set()  # a witness's look: connect-only targets that have not answered
         self.misses = 0  # the witness's silent heartbeats in a row
         self.miss_start = 0.0  # when the first of them started
 
@@ -274,6 +283,7 @@ class Engine:
             del self._wheel[t.slot][key]
             if (node := t.node) is not None:
                 del node.members[key]
+                node.looked.discard(key)
                 if not node.members:
                     del self._nodes[node.name]
 
@@ -397,9 +407,10 @@ class Engine:
                 node.last_answer = time.monotonic()
                 if node.onset is not None:
                     node.onset = None  # alive after all
+                    node.looked.discard(t.key)
             return
         self._count(t.kind, outcome, latency)
-        if t.node is not None and outcome != LOCAL_ERROR and not t.removed:
+        if t.node is not None and not t.removed:
             self._node_evidence(t, outcome, latency, detail)
         self._judge(t, gen, check, outcome, latency, detail)
 
@@ -440,6 +451,9 @@ class Engine:
         node = t.node
         assert node is not None
         now = time.monotonic()
+        node.looked.discard(t.key)  # whatever it said, it is no longer unanswered
+        if outcome == LOCAL_ERROR:
+            return  # no attempt was made: nothing about the node
         if outcome == OK or not silent(detail):
             # A timeout after the connection was made was answered at some point after the start.
             heard = now if outcome == OK or not detail.startswith("timeout") else now - latency
@@ -459,13 +473,29 @@ class Engine:
 
     def _look(self, node: _Node, onset: float, now: float, seen: _Target | None = None) -> None:
         """Open a node episode: nothing heard from the node since ``onset``; probe every other target
-        of it believed up at once (look where it broke)."""
+        of it believed up at once (look where it broke).  A witness's look (``seen`` None) may be
+        judged early, on the connects still unanswered after ``LOOK_GRACE``."""
         node.onset, node.opened, node.attempts = onset, now, 0
         node.epoch += 1
+        node.looked = set()
         self.looks += 1
         for m in node.members.values():
             if m is not seen and m.health != _UNHEALTHY and not m.votes:
                 self._attempt(m)
+                if seen is None and m.kind in _CONNECT_ONLY:
+                    node.looked.add(m.key)
+        if node.looked:
+            self._loop.call_at(now + LOOK_GRACE, self._look_check, node, node.epoch, True)
+
+    def _look_check(self, node: _Node, epoch: int, again: bool) -> None:
+        """Judge a witness's look on what is still unanswered, after giving the loop one more turn to
+        read what arrived (an answer read late must not count as silence)."""
+        if node.onset is None or node.epoch != epoch:
+            return
+        if again:
+            self._loop.call_later(_READ_FIRST, self._look_check, node, epoch, False)
+        elif len(node.looked) + node.attempts >= self._node_needed:
+            self._node_down(node)
 
     def _heartbeat(self) -> None:
         """Check every witness once; again one heartbeat later."""
@@ -533,9 +563,10 @@ class Engine:
         up = [m for m in node.members.values() if m.health != _UNHEALTHY]
         if not up:
             return  # every target already judged on its own: nothing left to say
-        self._on_node(NodeVerdict(node.name, len(up), node.attempts, silent_for, time.time()))
+        attempts = node.attempts + len(node.looked)
+        self._on_node(NodeVerdict(node.name, len(up), attempts, silent_for, time.time()))
         detail = (
-            f"node {node.name} silent: {node.attempts} attempts on its targets unanswered, "
+            f"node {node.name} silent: {attempts} attempts on its targets unanswered, "
             f"nothing heard from it for {silent_for * 1000:.0f} ms"
         )
         for m in up:
@@ -605,7 +636,7 @@ class _AllChecks:
 
     def _on_check(self, check: Check, outcome: int, latency: float, detail: str) -> None:
         self._engine._count(kind_of(check), outcome, latency)
-        if self._target.node is not None and outcome != LOCAL_ERROR and not self._target.removed:
+        if self._target.node is not None and not self._target.removed:
             self._engine._node_evidence(self._target, outcome, latency, detail)
         if outcome == FAIL and self._fail is None:
             self._fail = (FAIL, check, latency, detail)
