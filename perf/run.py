@@ -47,15 +47,15 @@ PROFILES: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 SCENARIOS = (
-    "steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss", "flapping", "api_trouble",
-    "leader_failover", "worker_crash", "scale", "capacity",
+    "steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
+    "api_trouble", "leader_failover", "worker_crash", "scale", "capacity",
 )  # fmt: skip
-BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss", "flapping",
+BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
                 "api_trouble", "leader_failover", "scale"}  # fmt: skip
 BY_HAND = ("soak",)  # selectable with --scenarios, never in the default run
 QUICK_BASELINE = {"steady_state", "power_off_1_node"}  # in --quick, the baseline's slowness costs minutes
 # ehc with --node-evidence 0 ("per-pod") too, where detection under node failure or loss is measured
-PER_POD_TOO = {"power_off_1_node", "power_off_10pct_nodes", "loss"}
+PER_POD_TOO = {"power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss"}
 QUICK_PER_POD = {"power_off_1_node"}
 
 
@@ -117,6 +117,8 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
             add(name, scenarios.steady, warm + opts.steady_seconds, warm + opts.steady_seconds)
         elif name == "power_off_1_node":
             add(name, scenarios.power_off_scenario, warm + 5, warm + min(opts.cap, 80), 0.0)
+        elif name == "pod_level":
+            add(name, scenarios.pod_level, warm + 8, warm + 40)
         elif name == "power_off_10pct_nodes":
             add(name, scenarios.power_off_scenario, warm + 8, warm + opts.cap, 0.1)
         elif name == "loss":

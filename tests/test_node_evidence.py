@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from helpers import until
+from msgspec.structs import replace
 
 from ehc.probe import FAIL, OK, Done
 from ehc.wire.checks import Check, Tcp
@@ -239,17 +240,19 @@ async def test_a_witness_that_never_answered_is_not_used() -> None:
     run.engine.close()
 
 
-async def test_a_witnesss_look_is_judged_on_connects_unanswered_before_any_pod_probe_times_out() -> None:
-    # Pod probes time out after 2 s; the witness misses its heartbeats, looks, and the look's connects
-    # still unanswered LOOK_GRACE later are the evidence: the node is down long before 2 s.
-    settings = ProbeSettings(
-        interval=5.0, timeout=2.0, retry_count=3, confirm_spacing=0.005, node_evidence=6,
-        witness=Tcp(10250), heartbeat=0.02,
-    )  # fmt: skip
-    run = Run(settings)
+async def slow_pods_with_a_witness() -> Run:
+    """Eight targets whose probes time out only after 2 s, on a node with a 20 ms witness, all heard."""
+    run = Run(replace(WITNESSED, interval=5.0, timeout=2.0))
     run.add("n1", *ips(1, 8))
     run.engine.witness("n1", "127.1.1.250")
     await until(lambda: len(run.net.calls) >= 8 and run.engine.witnesses == (1, 0), "probed, witness heard")
+    return run
+
+
+async def test_a_witnesss_look_is_judged_on_connects_unanswered_before_any_pod_probe_times_out() -> None:
+    # The witness misses its heartbeats and looks; the look's connects still unanswered LOOK_GRACE
+    # later are the evidence: the node is down long before any pod probe times out.
+    run = await slow_pods_with_a_witness()
     run.set("silent", *ips(1, 8), "127.1.1.250")
     await until(lambda: len(run.down()) == 8, "the node judged down")
     assert run.engine.failures["tcp"] == 0  # no pod attempt had timed out yet
@@ -258,14 +261,7 @@ async def test_a_witnesss_look_is_judged_on_connects_unanswered_before_any_pod_p
 
 
 async def test_a_witnesss_look_answered_by_one_pod_judges_nothing() -> None:
-    settings = ProbeSettings(
-        interval=5.0, timeout=2.0, retry_count=3, confirm_spacing=0.005, node_evidence=6,
-        witness=Tcp(10250), heartbeat=0.02,
-    )  # fmt: skip
-    run = Run(settings)
-    run.add("n1", *ips(1, 8))
-    run.engine.witness("n1", "127.1.1.250")
-    await until(lambda: len(run.net.calls) >= 8 and run.engine.witnesses == (1, 0), "probed, witness heard")
+    run = await slow_pods_with_a_witness()
     run.set("silent", *ips(1, 8)[1:], "127.1.1.250")  # the node's witness path broke; one pod answers
     await until(lambda: run.engine.looks >= 1, "the witness's look")
     await asyncio.sleep(0.5)

@@ -85,7 +85,7 @@ SETTINGS: tuple[Setting, ...] = (
         "also check each node's own address (its InternalIP) every heartbeat: tcp (connect to "
         "EHC_NODE_WITNESS_PORT; a refusal is an answer too) or icmp; a node that answers is alive, one "
         "that misses 3 heartbeats has its targets probed at once (never ejected for that alone); needs "
-        "nodes get/list/watch", choices=("off", "tcp", "icmp"),
+        "nodes list/watch", choices=("off", "tcp", "icmp"),
     ),
     Setting("EHC_NODE_WITNESS_PORT", "--node-witness-port", "int", 10250, "the witness's TCP port (the kubelet's)", minimum=1, maximum=65535),
     Setting("EHC_NODE_HEARTBEAT", "--node-heartbeat", "duration", 0.1, "how often each node's witness is checked (each check times out after two)", minimum=0.01, maximum=10),

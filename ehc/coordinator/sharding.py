@@ -1,4 +1,5 @@
-"""Which worker owns a target: jump consistent hash of a stable digest of the target's key.
+"""Which worker owns a target: jump consistent hash of a stable digest of a key (the pool hashes a
+target's node, so a node's targets are judged together; a target without a node by its own key).
 
 Jump hash (Lamping & Veach, 2014) needs no ring state, balances evenly, and when the worker count
 grows from N to N+1 moves exactly the ~1/(N+1) of keys the new worker takes.  The key digest is

@@ -356,6 +356,33 @@ async def power_off_scenario(opts: Options, spec: CheckerSpec, tag: str, fractio
         }
 
 
+async def pod_level(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
+    """Failures of pods, not nodes: one pod on a live node goes silent (its address drops everything),
+    then half of another node's TCP pods refuse (every probe port closed).  Exactly those go out."""
+    async with running(opts, spec, tag) as (sim, _reps):
+        fleet = sim.fleet
+        lone = next(p for p in fleet.pods_on(fleet.nodes[1]) if p.opted_in and p.ports)
+        opts.progress(f"{tag}: one pod silent")
+        silent_at = time.monotonic()
+        fleet.power_off_pod(lone.key)
+        found, missed, wrong = await detections(sim, {lone.key: silent_at}, opts.cap)
+        tcp = [p for p in fleet.pods_on(fleet.nodes[2]) if p.opted_in and p.ports]
+        half = tcp[: len(tcp) // 2]
+        opts.progress(f"{tag}: {len(half)} pods of a node refuse")
+        refused_at = time.monotonic()
+        for p in half:
+            for port in p.ports:
+                fleet.close_port(p.key, port)
+        refused, missed2, wrong2 = await detections(sim, {p.key: refused_at for p in half}, opts.cap)
+        return {
+            "silent_pod_seconds": quantiles(found),
+            "refusing_pods": len(half),
+            "refusing_detection_seconds": quantiles(refused),
+            "not_detected_within_cap": len(missed) + len(missed2),
+            "wrongly_marked": len(wrong) + len(wrong2),
+        }
+
+
 # ---- 3. random loss -----------------------------------------------------------------------------
 
 

@@ -4,10 +4,12 @@ real kubernetes_asyncio client, and the simulated API server's write log as the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from helpers import conditions_are, stop, until
@@ -31,6 +33,17 @@ async def start_ehc(sim: SimCluster, identity: str, *extra: str) -> asyncio.subp
         "--identity", identity, "--namespace", "default", *FAST, *extra,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def settled(sim: SimCluster, *flags: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``ehc run`` leading, every gate pod's first value written; stopped cleanly at the end."""
+    proc = await start_ehc(sim, "ehc-a", *flags)
+    try:
+        await until(conditions_are(sim.api, [p for p in sim.fleet.targets() if p.style == "gate"], "True"))
+        yield proc
+    finally:
+        assert await stop(proc) == 0
 
 
 def marked_unready(sim: SimCluster) -> dict[tuple[str, str], float]:
@@ -386,106 +399,76 @@ def events(sim: SimCluster, reason: str) -> list[dict]:
 
 
 async def test_a_powered_off_node_is_judged_down_as_a_whole() -> None:
-    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim, settled(sim):
         fleet, api = sim.fleet, sim.api
-        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
-        proc = await start_ehc(sim, "ehc-a")
-        try:
-            await until(conditions_are(api, gate_pods, "True"))
-            victim = "sim-node-001"
-            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
-            fleet.power_off(victim)
-            await until(lambda: on_victim <= marked_unready(sim).keys(), "the node's pods out")
-            await until(lambda: bool(events(sim, "NodeSilent")), "an Event on the node")
-            await asyncio.sleep(0.5)
-            assert marked_unready(sim).keys() == on_victim
-            [said] = events(sim, "NodeSilent")  # one Event for the node, none per pod
-            assert said["involvedObject"]["kind"] == "Node" and said["involvedObject"]["name"] == victim
-            assert f"{len(on_victim)} of its targets silent" in said["message"]
-            named = {
-                (e["involvedObject"]["namespace"], e["involvedObject"]["name"])
-                for e in events(sim, "EndpointUnhealthy")
-            }
-            assert not named & on_victim
-            for ns, name in on_victim:  # each pod's condition (Ready, or the gate it has) says why
-                said_on_pod = " ".join(
-                    c.get("message", "") for c in api.get_pod(ns, name)["status"]["conditions"]
-                )
-                assert f"node {victim} silent" in said_on_pod
-        finally:
-            assert await stop(proc) == 0
+        victim = "sim-node-001"
+        on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+        fleet.power_off(victim)
+        await until(lambda: on_victim <= marked_unready(sim).keys(), "the node's pods out")
+        await until(lambda: bool(events(sim, "NodeSilent")), "an Event on the node")
+        await asyncio.sleep(0.5)
+        assert marked_unready(sim).keys() == on_victim
+        [said] = events(sim, "NodeSilent")  # one Event for the node, none per pod
+        assert said["involvedObject"]["kind"] == "Node" and said["involvedObject"]["name"] == victim
+        assert f"{len(on_victim)} of its targets silent" in said["message"]
+        named = {
+            (e["involvedObject"]["namespace"], e["involvedObject"]["name"])
+            for e in events(sim, "EndpointUnhealthy")
+        }
+        assert not named & on_victim
+        for ns, name in on_victim:  # each pod's condition (Ready, or the gate it has) says why
+            said_on_pod = " ".join(
+                c.get("message", "") for c in api.get_pod(ns, name)["status"]["conditions"]
+            )
+            assert f"node {victim} silent" in said_on_pod
 
 
 async def test_part_of_a_node_failing_ejects_exactly_those_pods() -> None:
-    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim:
-        fleet, api = sim.fleet, sim.api
-        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim, settled(sim):
+        fleet = sim.fleet
         on_node = [p for p in fleet.pods_on("sim-node-000") if p.opted_in and p.ports]
         silent, refusing = on_node[:2], on_node[2:4]
-        proc = await start_ehc(sim, "ehc-a")
-        try:
-            await until(conditions_are(api, gate_pods, "True"))
-            for p in silent:
-                fleet.power_off_pod(p)  # its packets dropped: silence, but the node's other pods answer
-            for p in refusing:
-                fleet.close_port(p, p.ports[0])
-            failing = {(p.namespace, p.name) for p in silent + refusing}
-            await until(lambda: failing <= marked_unready(sim).keys(), "the failing pods out")
-            await asyncio.sleep(1.0)
-            assert marked_unready(sim).keys() == failing
-            assert events(sim, "NodeSilent") == []
-        finally:
-            assert await stop(proc) == 0
+        for p in silent:
+            fleet.power_off_pod(p)  # its packets dropped: silence, but the node's other pods answer
+        for p in refusing:
+            fleet.close_port(p, p.ports[0])
+        failing = {(p.namespace, p.name) for p in silent + refusing}
+        await until(lambda: failing <= marked_unready(sim).keys(), "the failing pods out")
+        await asyncio.sleep(1.0)
+        assert marked_unready(sim).keys() == failing
+        assert events(sim, "NodeSilent") == []
 
 
 async def test_random_loss_on_one_node_ejects_nothing() -> None:
-    async with SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim:
-        fleet, api = sim.fleet, sim.api
-        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
-        # Six confirmations: a pod alone would need 7 losses in a row; the node needs 10.
-        proc = await start_ehc(sim, "ehc-a", "--retry-count", "6")
-        try:
-            await until(conditions_are(api, gate_pods, "True"))
-            fleet.set_loss(20, "sim-node-000")
-            await asyncio.sleep(8.0)  # about 25 attempts per pod, 5 of them lost
-            fleet.set_loss(0, "sim-node-000")
-            assert marked_unready(sim) == {}
-            assert events(sim, "NodeSilent") == []
-        finally:
-            assert await stop(proc) == 0
+    # Six confirmations: a pod alone would need 7 losses in a row; the node needs 10.
+    async with (
+        SimCluster(nodes=2, pods_per_node=12, kubelet_delay=None) as sim,
+        settled(sim, "--retry-count", "6"),
+    ):
+        sim.fleet.set_loss(20, "sim-node-000")
+        await asyncio.sleep(8.0)  # about 25 attempts per pod, 5 of them lost
+        sim.fleet.set_loss(0, "sim-node-000")
+        assert marked_unready(sim) == {}
+        assert events(sim, "NodeSilent") == []
 
 
 async def test_the_node_witness_is_honoured_a_node_that_answers_is_alive() -> None:
     """Every opted-in pod of a node goes silent while the node itself still answers (its kubelet port
     refuses: an answer): with the witness, they are judged one by one, with no node verdict.  Then the
     whole node loses power: judged down as a whole."""
-    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim:
-        fleet, api = sim.fleet, sim.api
-        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
-        # Two small nodes both failing would engage the fail-safe: exempt this fleet.
-        proc = await start_ehc(
-            sim,
-            "ehc-a",
-            "--node-witness",
-            "tcp",
-            "--node-heartbeat",
-            "50ms",
-            "--failsafe-min-targets",
-            "1000",
-        )
-        try:
-            await until(conditions_are(api, gate_pods, "True"))
-            await asyncio.sleep(1.0)  # the witnesses heard
-            pods = [p for p in fleet.pods_on("sim-node-000") if p.opted_in]
-            for p in pods:
-                fleet.power_off_pod(p)
-            silent = {(p.namespace, p.name) for p in pods}
-            await until(lambda: silent <= marked_unready(sim).keys(), "the silent pods out, one by one")
-            assert events(sim, "NodeSilent") == []
-            others = {(p.namespace, p.name) for p in fleet.pods_on("sim-node-001") if p.opted_in}
-            fleet.power_off("sim-node-001")
-            await until(lambda: others <= marked_unready(sim).keys(), "the dead node's pods out")
-            await until(lambda: bool(events(sim, "NodeSilent")), "the node judged down as a whole")
-            assert [e["involvedObject"]["name"] for e in events(sim, "NodeSilent")] == ["sim-node-001"]
-        finally:
-            assert await stop(proc) == 0
+    # Two small nodes both failing would engage the fail-safe: exempt this fleet.
+    flags = ("--node-witness", "tcp", "--node-heartbeat", "50ms", "--failsafe-min-targets", "1000")
+    async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim, settled(sim, *flags):
+        fleet = sim.fleet
+        await asyncio.sleep(1.0)  # the witnesses heard
+        pods = [p for p in fleet.pods_on("sim-node-000") if p.opted_in]
+        for p in pods:
+            fleet.power_off_pod(p)
+        silent = {(p.namespace, p.name) for p in pods}
+        await until(lambda: silent <= marked_unready(sim).keys(), "the silent pods out, one by one")
+        assert events(sim, "NodeSilent") == []
+        others = {(p.namespace, p.name) for p in fleet.pods_on("sim-node-001") if p.opted_in}
+        fleet.power_off("sim-node-001")
+        await until(lambda: others <= marked_unready(sim).keys(), "the dead node's pods out")
+        await until(lambda: bool(events(sim, "NodeSilent")), "the node judged down as a whole")
+        assert [e["involvedObject"]["name"] for e in events(sim, "NodeSilent")] == ["sim-node-001"]
