@@ -16,6 +16,7 @@ import pytest
 from helpers import until
 
 from ehc.coordinator.pool import WorkerPool
+from ehc.coordinator.sharding import worker_for
 from ehc.wire.checks import Icmp, Tcp
 from ehc.wire.messages import Health, Stats, Target, Transition
 from ehc.wire.settings import ProbeSettings
@@ -79,6 +80,26 @@ async def test_targets_are_spread_and_probed(
         await asyncio.sleep(1.0)
         assert sum(pool.stats[w].probes["tcp"] for w in range(3)) > probes_before
         assert len(recorder.transitions) == n
+
+
+async def test_a_nodes_targets_share_one_worker_and_follow_their_node(
+    recorder: Recorder, closed_port: int
+) -> None:
+    nodes = [f"node-{i}" for i in range(6)]
+    targets = [
+        Target(f"{n}/pod-{j}", "127.0.0.1", (Tcp(closed_port),), node=n) for n in nodes for j in range(4)
+    ]
+    async with WorkerPool(3, FAST, on_transition=recorder.on_transition) as pool:
+        assert len({worker_for(n, 3) for n in nodes}) > 1  # the nodes spread over the workers
+        pool.upsert(targets)
+        await until(lambda: len(recorder.transitions) == len(targets), "every target judged")
+        # Each target was judged by its node's worker, so a node's targets are judged together.
+        assert all(worker == worker_for(tr.key.split("/")[0], 3) for worker, tr in recorder.transitions)
+        # A target whose node changes (an address moved) moves to the new node's worker.
+        elsewhere = next(n for n in nodes if worker_for(n, 3) != worker_for("node-0", 3))
+        pool.upsert([Target("node-0/pod-0", "127.0.0.1", (Tcp(closed_port),), node=elsewhere)])
+        await until(lambda: len(recorder.transitions) == len(targets) + 1, "the moved target judged again")
+        assert recorder.transitions[-1][0] == worker_for(elsewhere, 3)
 
 
 async def test_remove_and_update(recorder: Recorder, listener: socket.socket, closed_port: int) -> None:
