@@ -2,10 +2,13 @@
 
     watch → source (targets) → WorkerPool (probes) → transitions → Decider (verdicts) → source → writes
 
-Every replica watches (so a standby is warm and ready), but only the Lease holder runs workers and
-writes.  Leadership has terms: leading starts the pool from what the objects already show; losing
-the lease (or SIGTERM) stops the pool, drops every queued write and forgets every verdict, so a
-replica that was paused, lost the lease and leads again later never writes what it decided before.  The controller knows no kind of object: it wires sources to
+Every replica watches, but only the Lease holder writes.  With a *hot standby* (``EHC_HOT_STANDBY``) every
+replica also probes from the start, so the one that takes the lease writes at once what its own
+probes already know; without it, only the leader runs workers, started from what the objects show.
+Leadership has terms: losing the lease (or SIGTERM) drops every queued write, so nothing wanted in
+one term is sent in a later one unless it is wanted again then.  A cold replica also stops its
+workers and forgets every verdict; a hot one keeps probing, and its verdicts stay those of its own
+probes.  The controller knows no kind of object: it wires sources to
 the pool and the decider, and routes what comes back to the source that owns the target.
 """
 
@@ -126,6 +129,13 @@ class Controller:
         # Lead once the pods are in: a watch of another source that cannot sync (no RBAC for it, say)
         # keeps /readyz false and says why, but must not leave the pods unprotected.
         await self.watchers[0].wait_synced()
+        if self.settings.hot_standby:
+            try:
+                self.pool = await self._start_pool()
+            except Exception as exc:  # leading starts it again, and gives the lease up if it cannot
+                log.error(
+                    "hot standby: workers could not start (%s); they start when this replica leads", exc
+                )
         tasks.append(asyncio.create_task(self.elector.run(), name="elect"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -142,21 +152,18 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        """Every watch synced and, when leading, every worker up and probing.  A standby is ready too."""
+        """Every watch synced and, when leading or standing by hot, every worker up and probing."""
         if not all(w.synced for w in self.watchers):
             return False
-        if not self.elector.is_leader():
+        if not self.elector.is_leader() and not self.settings.hot_standby:
             return True
         return self.pool is not None and self.pool.healthy()
 
     def targets_by_kind(self) -> Counter[str]:
         return sum((s.kinds() for s in self.sources), Counter())
 
-    async def _lead(self) -> None:
-        log.info(
-            "leading as %s: starting %d worker(s) for %d targets",
-            self.settings.identity, self.settings.workers, self.targets_by_kind().total(),
-        )  # fmt: skip
+    async def _start_pool(self) -> WorkerPool:
+        """Workers started and given every target, each from the health its object shows."""
         pool = WorkerPool(
             self.settings.workers,
             self.settings.probe,
@@ -169,25 +176,55 @@ class Controller:
         )
         try:
             await pool.start()
-            self.pool = pool
-            pool.witness(self.witnesses.addresses())
-            pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
+        except BaseException:
+            await pool.close()
+            raise
+        pool.witness(self.witnesses.addresses())
+        pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
+        return pool
+
+    async def _lead(self) -> None:
+        targets = self.targets_by_kind().total()
+        if self.pool is not None:
+            # Standing by hot: what its own probes want written goes now (queued while standing by, or
+            # wanted again after an earlier term's queue was dropped).
+            wanted = sum(s.resync() for s in self.sources) + self.writes.queue_depth
+            log.info(
+                "leading as %s, hot: %d targets probed already, %d write(s) go now",
+                self.settings.identity, targets, wanted,
+            )  # fmt: skip
+        else:
+            log.info(
+                "leading as %s: starting %d worker(s) for %d targets",
+                self.settings.identity, self.settings.workers, targets,
+            )  # fmt: skip
+            self.pool = await self._start_pool()
+        try:
             self.writes.wake()
             while True:  # until the lease is lost (this task is cancelled)
                 await asyncio.sleep(RESYNC_EVERY)
                 self.resync_writes += sum(s.resync() for s in self.sources)
         finally:
-            self.pool = None
+            if not self.settings.hot_standby:
+                await self._stop_pool()
+
+    async def _stop_pool(self) -> None:
+        pool, self.pool = self.pool, None
+        self.decider.reset()
+        for source in self.sources:
+            source.reset()
+        if pool is not None:
             await pool.close()
 
     def _follow(self) -> Awaitable[None] | None:
         dropped = self.writes.clear()
-        self.decider.reset()
-        for source in self.sources:
-            source.reset()
+        if not self.settings.hot_standby:
+            self.decider.reset()
+            for source in self.sources:
+                source.reset()
         log.warning(
-            "not leading: workers stopped, %d queued write(s) dropped; a later term acts only on what "
-            "it sees then", dropped,
+            "not leading: %s, %d queued write(s) dropped; a later term acts only on what it sees then",
+            "standing by hot (still probing)" if self.settings.hot_standby else "workers stopped", dropped,
         )  # fmt: skip
         return None
 
@@ -224,6 +261,8 @@ class Controller:
         """A whole node judged down: said once, here, rather than once per target (its targets'
         transitions follow, each naming the node)."""
         self.node_verdicts += 1
+        if not self.elector.is_leader():
+            return  # a standby's own view: it writes nothing, and says nothing either
         said = (
             f"node {verdict.node} judged down as a whole: {verdict.targets} of its targets silent, "
             f"{verdict.attempts} attempts unanswered, nothing heard from it for {verdict.silent_for * 1000:.0f} ms"
@@ -248,6 +287,8 @@ class Controller:
             self.on_written(write, outcome, seconds)
 
     def _failsafe(self, engaged: bool, dark: int, total: int) -> None:
+        if not self.elector.is_leader():
+            return  # the decider has logged it; Events are the leader's
         # One Event on ehc's own pod, not one per target: a fail-safe is exactly when a storm would follow.
         self.events.emit(
             namespace=self.settings.namespace, name=self.settings.identity, uid="",

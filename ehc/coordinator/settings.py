@@ -72,6 +72,12 @@ SETTINGS: tuple[Setting, ...] = (
         "EHC_SELECTORLESS_NAMESPACES", "--selectorless-namespaces", "namespaces", (),
         "comma-separated namespaces whose EndpointSlices and Endpoints are watched (empty: every namespace)",
     ),
+    Setting(
+        "EHC_HOT_STANDBY", "--hot-standby", "bool", False,
+        "standbys probe like the leader (one more connection per target per interval per standby) so "
+        "the replica that takes the lease writes at once what its own probes know; false: only the "
+        "leader probes, starting from scratch when it takes over",
+    ),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
     Setting(
@@ -199,6 +205,7 @@ class RunSettings:
     default_probe: str
     selectorless: bool
     selectorless_namespaces: tuple[str, ...]
+    hot_standby: bool
     workers: int
     failsafe_share: float
     failsafe_min_targets: int

@@ -138,16 +138,18 @@ def lease_holder(sim: SimCluster) -> str:
     return (lease or {}).get("spec", {}).get("holderIdentity") or ""
 
 
-async def test_a_former_leader_writes_nothing_it_decided_in_an_earlier_term() -> None:
+@pytest.mark.parametrize("standby", ["cold", "hot"])
+async def test_a_former_leader_writes_nothing_it_decided_in_an_earlier_term(standby: str) -> None:
     """a decides ejections it cannot write (the API refuses), is paused, loses the lease; the node
     comes back; b leads and has nothing to write.  When b hands over and a leads again, a must not
     write what it decided in its earlier term: those pods have been healthy all along."""
     async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
         fleet, api = sim.fleet, sim.api
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
-        a = await start_ehc(sim, "ehc-a")
+        hot = ("--hot-standby",) if standby == "hot" else ()
+        a = await start_ehc(sim, "ehc-a", *hot)
         await until(conditions_are(api, gate_pods, "True"), "every gate pod's first value")
-        b = await start_ehc(sim, "ehc-b")
+        b = await start_ehc(sim, "ehc-b", *hot)
         try:
             await asyncio.sleep(1.0)  # b is a warm standby
             victim = "sim-node-000"
@@ -168,7 +170,7 @@ async def test_a_former_leader_writes_nothing_it_decided_in_an_earlier_term() ->
             await asyncio.sleep(1.0)  # a finds it lost the lease
             assert await stop(b) == 0  # b releases the lease: a leads again, in a new term
             await until(lambda: lease_holder(sim) == "ehc-a", "a leading again")
-            await asyncio.sleep(2.0)  # a's new workers probe the healthy pods
+            await asyncio.sleep(2.0)  # a's workers (new ones when cold) probe the healthy pods
             assert api.write_log.first_taken_out(since=since) == {}
             assert conditions_are(api, [p for p in on_victim if p.style == "gate"], "True")()
         finally:
@@ -472,3 +474,29 @@ async def test_the_node_witness_is_honoured_a_node_that_answers_is_alive() -> No
         await until(lambda: others <= marked_unready(sim).keys(), "the dead node's pods out")
         await until(lambda: bool(events(sim, "NodeSilent")), "the node judged down as a whole")
         assert [e["involvedObject"]["name"] for e in events(sim, "NodeSilent")] == ["sim-node-001"]
+
+
+async def test_a_hot_standby_probes_before_it_leads_and_takes_over_with_the_same_workers() -> None:
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        a = await start_ehc(sim, "ehc-a", "--hot-standby")
+        await until(conditions_are(api, gate_pods, "True"))
+        b = await start_ehc(sim, "ehc-b", "--hot-standby")
+        try:
+            await until(
+                lambda: lease_holder(sim) == "ehc-a" and len(children(b.pid)) == 1, "b probing, a leading"
+            )
+            standby_workers = children(b.pid)
+            a.kill()  # SIGKILL, no release, and a node dies with it
+            await a.wait()
+            victim = "sim-node-000"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            fleet.power_off(victim)
+            await until(lambda: lease_holder(sim) == "ehc-b", "b leading", limit=30)
+            await until(lambda: on_victim <= marked_unready(sim).keys(), "b's ejections")
+            await asyncio.sleep(0.5)
+            assert marked_unready(sim).keys() == on_victim
+            assert children(b.pid) == standby_workers  # the workers that probed while b stood by
+        finally:
+            assert await stop(b) == 0
