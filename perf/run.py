@@ -84,7 +84,8 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
         if args.node_witness != "off"
         else ()
     )
-    ehc = ehc_spec(args.profile, args.workers, *witness)
+    hot = ("--hot-standby",) if args.hot_standby else ()
+    ehc = ehc_spec(args.profile, args.workers, *witness, *hot)
     per_pod = per_pod_spec(args.profile, args.workers)
     baseline = CheckerSpec("baseline")
     with_baseline = not args.no_baseline
@@ -289,6 +290,7 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
         "workers": args.workers,
         "node_witness": args.node_witness,
         "node_heartbeat": args.node_heartbeat,
+        "hot_standby": args.hot_standby,
         "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
         "repeat": {"ehc": args.repeat, "per-pod": 0 if args.no_per_pod else args.repeat,
                    "baseline": args.baseline_repeat},
@@ -363,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ehc's node witness (EHC_NODE_WITNESS; the simulated nodes' kubelet ports refuse, which is "
         "an answer; default off, as ehc's)",
     )  # fmt: skip
+    p.add_argument("--hot-standby", action="store_true", help="ehc's standbys probe too (EHC_HOT_STANDBY)")
     p.add_argument(
         "--node-heartbeat", default="100ms", help="with --node-witness: EHC_NODE_HEARTBEAT (default 100ms)"
     )
