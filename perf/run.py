@@ -48,7 +48,7 @@ PROFILES: dict[str, dict[str, str]] = {
 
 SCENARIOS = (
     "steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
-    "api_trouble", "leader_failover", "worker_crash", "scale", "capacity",
+    "api_trouble", "leader_failover", "leader_handover", "standby_steady", "worker_crash", "scale", "capacity",
 )  # fmt: skip
 BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
                 "api_trouble", "leader_failover", "scale"}  # fmt: skip
@@ -138,6 +138,10 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
             )
         elif name == "leader_failover":
             add(name, scenarios.failover, warm + 10, warm + 30)
+        elif name == "standby_steady":
+            add(name, scenarios.standby_steady, warm + opts.steady_seconds, warm + opts.steady_seconds)
+        elif name == "leader_handover":
+            add(name, scenarios.failover, warm + 10, warm + 30, True)
         elif name == "worker_crash":  # ehc only: the baseline has no workers
             crash = ehc_spec(args.profile, max(2, args.workers))
             steps.extend(

@@ -285,6 +285,21 @@ async def steady(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
         return out
 
 
+async def standby_steady(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
+    """Two replicas in steady state, each measured: what a standby costs (probes, CPU, memory)."""
+    async with running(opts, spec, tag, replicas=2) as (sim, reps):
+        leader = await leader_of(reps)
+        standby = next(r for r in reps if r is not leader)
+        keep = ("probes_per_second", "cpu_percent", "rss_mb", "cpu_seconds_per_1000_probes")
+        measured = await asyncio.gather(
+            *(measure_steady(sim, r, opts.steady_seconds, opts, f"{tag} {role}")
+              for r, role in ((leader, "leader"), (standby, "standby")))
+        )  # fmt: skip
+        return {
+            role: {k: m[k] for k in keep} for role, m in zip(("leader", "standby"), measured, strict=True)
+        }
+
+
 def rss_per_target(out: Figures, spec: CheckerSpec) -> dict[str, float | None]:
     """Whole-process RSS over targets: an upper bound; the scale scenario gives the marginal cost."""
     rss, targets = out["rss_mb"], out["targets"]
@@ -553,16 +568,22 @@ async def api_trouble(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
 # ---- 6. leader failover -------------------------------------------------------------------------
 
 
-async def failover(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
+async def failover(opts: Options, spec: CheckerSpec, tag: str, graceful: bool = False) -> Figures:
+    """The leader dies as a node powers off: SIGKILL (no release: the standby waits out the lease) or,
+    ``graceful``, SIGTERM (it hands the lease over)."""
     async with running(opts, spec, tag, replicas=2) as (sim, reps):
         leader = await leader_of(reps)
         standby = next(r for r in reps if r is not leader)
         node = sim.fleet.nodes[1]
         faults = power_off(sim, [node])
         killed = time.monotonic()
-        leader.kill()
-        opts.progress(f"{tag}: leader killed, node down")
+        stopping = asyncio.create_task(leader.stop()) if graceful else None
+        if stopping is None:
+            leader.kill()
+        opts.progress(f"{tag}: leader {'stopped' if graceful else 'killed'}, node down")
         found, missed, wrong = await detections(sim, faults, opts.cap)
+        if stopping is not None:
+            await stopping
         lease_writes = [
             e for e in sim.api.write_log.entries
             if e.mono >= killed and e.resource == "leases" and e.actor == "client" and 200 <= e.status < 300
