@@ -21,6 +21,8 @@ from ehc.worker.engine import LOOK_GRACE, WITNESS_MISSES, Engine
 SETTINGS = ProbeSettings(
     interval=0.2, timeout=0.1, retry_count=30, recovery_threshold=2, confirm_spacing=0.005, node_evidence=6
 )
+SHORT_CHAIN = replace(SETTINGS, retry_count=3)
+"""A pod alone flips after 4 failures: for tests where per-target judgement must still happen."""
 
 
 class Network:
@@ -120,7 +122,7 @@ async def test_the_first_silence_looks_at_every_other_target_of_the_node_at_once
 
 
 async def test_one_silent_target_on_a_live_node_stays_its_own_business() -> None:
-    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=6))
+    run = Run(SHORT_CHAIN)
     keys = run.add("n1", *ips(1, 8))
     await asyncio.sleep(0.3)
     run.set("silent", ips(1, 8)[0])
@@ -132,7 +134,7 @@ async def test_one_silent_target_on_a_live_node_stays_its_own_business() -> None
 
 
 async def test_half_a_node_refusing_ejects_exactly_those_refusals_are_answers() -> None:
-    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=2))
+    run = Run(replace(SHORT_CHAIN, node_evidence=2))
     keys = run.add("n1", *ips(1, 8))
     await asyncio.sleep(0.3)
     run.set("connrefused", *ips(1, 8)[:4])
@@ -144,7 +146,7 @@ async def test_half_a_node_refusing_ejects_exactly_those_refusals_are_answers() 
 
 async def test_a_response_timeout_is_an_answer_of_the_node() -> None:
     # Connected, then the application stalls: the node's kernel answered; only per-target judgement.
-    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=2))
+    run = Run(replace(SHORT_CHAIN, node_evidence=2))
     run.add("n1", *ips(1, 4))
     await asyncio.sleep(0.3)
     run.set("timeout waiting for the response", *ips(1, 4))
@@ -169,7 +171,7 @@ async def test_random_loss_on_a_node_judges_nothing() -> None:
 
 
 async def test_without_node_evidence_every_target_is_judged_alone() -> None:
-    run = Run(ProbeSettings(interval=0.2, timeout=0.1, retry_count=3, confirm_spacing=0.005, node_evidence=0))
+    run = Run(replace(SHORT_CHAIN, node_evidence=0))
     run.add("n1", *ips(1, 5))
     await asyncio.sleep(0.3)
     run.set("silent", *ips(1, 5))

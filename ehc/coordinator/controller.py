@@ -210,18 +210,20 @@ class Controller:
 
     async def _stop_pool(self) -> None:
         pool, self.pool = self.pool, None
+        self._forget()
+        if pool is not None:
+            await pool.close()
+
+    def _forget(self) -> None:
+        """Every verdict and suspect count goes: what a later term writes comes from what it sees then."""
         self.decider.reset()
         for source in self.sources:
             source.reset()
-        if pool is not None:
-            await pool.close()
 
     def _follow(self) -> Awaitable[None] | None:
         dropped = self.writes.clear()
         if not self.settings.hot_standby:
-            self.decider.reset()
-            for source in self.sources:
-                source.reset()
+            self._forget()
         log.warning(
             "not leading: %s, %d queued write(s) dropped; a later term acts only on what it sees then",
             "standing by hot (still probing)" if self.settings.hot_standby else "workers stopped", dropped,

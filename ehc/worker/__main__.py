@@ -130,9 +130,7 @@ class Worker(asyncio.Protocol):
 
     def _start(self, init: Init) -> None:
         self._init = init
-        self._engine = Engine(
-            self._loop, init.settings, self._queue_transition, on_node=self._pending_nodes.append
-        )
+        self._engine = Engine(self._loop, init.settings, self._queue_transition, on_node=self._queue_node)
         said = self._engine.start()
         log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), said)
         self._send(Hello(worker=init.worker, pid=os.getpid(), probers=said))
@@ -150,9 +148,14 @@ class Worker(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         self._pending.append(transition)
 
+    def _queue_node(self, verdict: NodeVerdict) -> None:
+        """A node verdict rides in the frame of the transitions that follow it (the engine flips at
+        least one target with every verdict)."""
+        self._pending_nodes.append(verdict)
+
     def _flush(self) -> None:
         items, self._pending = self._pending, []
-        nodes, self._pending_nodes[:] = list(self._pending_nodes), []
+        nodes, self._pending_nodes = self._pending_nodes, []
         if items:
             suspects = self._engine.suspects if self._engine is not None else -1
             self._suspects_sent = suspects

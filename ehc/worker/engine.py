@@ -456,10 +456,7 @@ class Engine:
             return  # no attempt was made: nothing about the node
         if outcome == OK or not silent(detail):
             # A timeout after the connection was made was answered at some point after the start.
-            heard = now if outcome == OK or not detail.startswith("timeout") else now - latency
-            node.last_answer = max(node.last_answer, heard)
-            if node.onset is not None and heard >= node.onset:
-                node.onset = None  # the node is alive: its silent targets are judged one by one
+            self._heard(node, now if outcome == OK or not detail.startswith("timeout") else now - latency)
             return
         start = now - latency
         if t.health == _UNHEALTHY or node.last_answer >= start:
@@ -470,6 +467,14 @@ class Engine:
             node.onset = start
         node.attempts += 1
         self._node_check(node, node.epoch)
+
+    @staticmethod
+    def _heard(node: _Node, at: float) -> None:
+        """The node answered at ``at``: alive then, so an episode open since before is over and its
+        silent targets are judged one by one.  (The probe fast path inlines this for a success.)"""
+        node.last_answer = max(node.last_answer, at)
+        if node.onset is not None and at >= node.onset:
+            node.onset = None
 
     def _look(self, node: _Node, onset: float, now: float, seen: _Target | None = None) -> None:
         """Open a node episode: nothing heard from the node since ``onset``; probe every other target
@@ -524,9 +529,7 @@ class Engine:
         now = time.monotonic()
         if outcome == OK or not silent(detail):  # the node answered: alive
             w.heard, node.misses = True, 0
-            node.last_answer = max(node.last_answer, now)
-            if node.onset is not None:
-                node.onset = None
+            self._heard(node, now)
             return
         if not w.heard:
             if w.beats == _WITNESS_UNHEARD_AFTER:
