@@ -528,14 +528,15 @@ class Fleet:
         self.closed_ports: set[tuple[tuple[str, str], int]] = set()
         self.loss: dict[str | None, int] = {}
         self.sick_pods: set[tuple[str, str]] = set()  # applications answering 503 / NOT_SERVING
+        self.cuts: set[tuple[int, str]] = set()  # (gid, node) paths cut by Fleet.cut
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """What can be injected here: drop (timeouts), reject (refused), loss, close (listener closed),
-        app (application unhealthy behind open ports)."""
+        """What can be injected here: drop (timeouts), reject (refused), loss, cut (one vantage's path to
+        a node), close (listener closed), app (application unhealthy behind open ports)."""
         app = {"app"} if self.app_servers else set()
         if self.netns is not None:
-            return frozenset({"drop", "reject", "loss", *app})
+            return frozenset({"drop", "reject", "loss", "cut", *app})
         return frozenset({"close", *app})
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -768,6 +769,18 @@ class Fleet:
         self.loss[node] = percent
         nft.set_loss(percent, None if node is None else node_cidrs(self._node_index(node)))
 
+    def cut(self, gid: int, node: str, on: bool = True) -> None:
+        """The path from the processes of group ``gid`` (one checker replica's vantage) to ``node``
+        breaks silently (packets dropped, connects time out); everyone else still reaches it.
+        ``on=False`` mends it."""
+        nft = self._need("cutting one vantage's path to a node")
+        cidrs = node_cidrs(self._node_index(node))
+        nft.cut(gid, cidrs, on)
+        if on:
+            self.cuts.add((gid, node))
+        else:
+            self.cuts.discard((gid, node))
+
     def set_app_health(self, ref: PodRef, healthy: bool) -> None:
         """The pod's application turns unhealthy (HTTP 503 on its HTTP ports, NOT_SERVING for its gRPC
         service) or healthy again; its ports accept connections either way, so TCP probes succeed."""
@@ -790,7 +803,7 @@ class Fleet:
         )
 
     def reset(self) -> None:
-        """Recover everything: nodes, pods, ports, loss, application health."""
+        """Recover everything: nodes, pods, ports, loss, cuts, application health."""
         if self.sick_pods:
             self._app_health(True, [self._by_key[k] for k in self.sick_pods])
             self.sick_pods.clear()
@@ -803,6 +816,7 @@ class Fleet:
         if self._nft is not None:
             self._nft.reset()
         self.loss.clear()
+        self.cuts.clear()
 
     def _node_index(self, node: str) -> int:
         try:

@@ -1,9 +1,12 @@
 """nftables rules that make a simulated node or pod fail the way real ones do, inside the fleet's
 namespace: a powered-off address drops packets silently (connects time out), a closed port answers
-with a TCP reset (refused at once), random loss drops X % of packets sent to pod addresses.
+with a TCP reset (refused at once), random loss drops X % of packets sent to pod addresses, and a
+cut drops, silently too, only the packets that sockets of one unix group (one checker replica's
+vantage) send to given prefixes: the *output* hook, which still knows the sending socket's gid, marks
+them (packet mark ``CUT_MARK``, which survives loopback) and the input hook drops what is marked.
 
-Rules sit on the *input* hook: loopback traffic passes output then input, and a drop on output would
-turn into an immediate EPERM for the sender instead of silence.
+Drops and rejects sit on the *input* hook: loopback traffic passes output then input, and a drop on
+output would turn into an immediate EPERM for the sender instead of silence.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import subprocess
 from ehc.sim.netns import exec_prefix
 
 TABLE = "ehcsim"
+CUT_MARK = 0x65686300  # packet mark of what a cut drops on input
 
 
 class Nft:
@@ -43,11 +47,19 @@ table inet {TABLE} {{
   set down6 {{ type ipv6_addr; flags interval; }}
   set closed4 {{ type ipv4_addr . inet_service; }}
   set closed6 {{ type ipv6_addr . inet_service; }}
+  set cut4 {{ typeof meta skgid . ip daddr; flags interval; }}
+  set cut6 {{ typeof meta skgid . ip6 daddr; flags interval; }}
   chain loss {{ }}
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    meta skgid . ip daddr @cut4 meta mark set {CUT_MARK:#x}
+    meta skgid . ip6 daddr @cut6 meta mark set {CUT_MARK:#x}
+  }}
   chain input {{
     type filter hook input priority 0; policy accept;
     ip daddr @down4 drop
     ip6 daddr @down6 drop
+    meta mark {CUT_MARK:#x} drop
     ip daddr . tcp dport @closed4 reject with tcp reset
     ip6 daddr . tcp dport @closed6 reject with tcp reset
     jump loss
@@ -71,6 +83,14 @@ table inet {TABLE} {{
     def reject(self, addr: str, port: int, on: bool) -> None:
         verb = "add" if on else "delete"
         self._run_tolerant([f"{verb} element inet {TABLE} closed{self._family(addr)} {{ {addr} . {port} }}"])
+
+    def cut(self, gid: int, cidrs: list[str], on: bool) -> None:
+        """Silently drop (``on``) or stop dropping packets that sockets of group ``gid`` send to the
+        given addresses/prefixes."""
+        verb = "add" if on else "delete"
+        lines = [f"{verb} element inet {TABLE} cut{self._family(c)} {{ {int(gid)} . {c} }}" for c in cidrs]
+        if lines:
+            self._run_tolerant(lines)
 
     def _run_tolerant(self, lines: list[str]) -> None:
         """Apply element changes one by one, ignoring deletes of absent / adds of present elements."""
@@ -101,6 +121,9 @@ table inet {TABLE} {{
     def reset(self) -> None:
         self._loss.clear()
         self.run(
-            "\n".join(f"flush set inet {TABLE} {s}" for s in ("down4", "down6", "closed4", "closed6"))
+            "\n".join(
+                f"flush set inet {TABLE} {s}"
+                for s in ("down4", "down6", "closed4", "closed6", "cut4", "cut6")
+            )
             + f"\nflush chain inet {TABLE} loss\n"
         )

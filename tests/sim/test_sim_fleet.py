@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,7 +17,7 @@ from helpers import connect_from
 
 from ehc.sim import SimCluster, SimPod, Unsupported
 from ehc.sim import netns as netns_mod
-from ehc.sim.fleet import Fleet, FleetSpec, build_pods
+from ehc.sim.fleet import Fleet, FleetSpec, build_pods, host_ip
 
 NETNS_OK, NETNS_WHY = netns_mod.available()
 needs_netns = pytest.mark.skipif(not NETNS_OK, reason=f"fleet namespace unavailable: {NETNS_WHY}")
@@ -189,3 +190,88 @@ async def test_fallback_without_namespace_closes_listeners() -> None:
         assert await connect_from(fleet, p.ip, p.ports[0]) == "ok"
         with pytest.raises(Unsupported):
             fleet.set_loss(10)
+
+
+CUT_GID = 61000
+_CONNECT = """
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+s.settimeout(0.5)
+try:
+    s.connect((ip, port))
+    print("ok")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+except OSError as e:
+    print(f"oserror {e.errno}")
+"""
+
+_PING = """
+import select, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+data = struct.pack("!BBHHH", 8, 0, 0, 4242, 1) + b"ehc-sim!"
+c = sum(struct.unpack("!8H", data))
+c = (c >> 16) + (c & 0xFFFF)
+s.sendto(data[:2] + struct.pack("!H", ~(c + (c >> 16)) & 0xFFFF) + data[4:], (sys.argv[1], 0))
+while select.select([s], [], [], 0.5)[0]:
+    pkt, addr = s.recvfrom(2048)
+    if addr[0] == sys.argv[1] and pkt[(pkt[0] & 0x0F) * 4] == 0:
+        print("ok")
+        break
+else:
+    print("timeout")
+"""
+
+
+async def run_as(sim: SimCluster, group: int | None, script: str, *args: str) -> str:
+    """The output of ``script`` run in the fleet's namespace as unix group ``group``."""
+    proc = await asyncio.create_subprocess_exec(
+        *sim.exec_prefix(), sys.executable, "-c", script, *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, group=group,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+async def connect_as(sim: SimCluster, pod: SimPod, group: int | None) -> str:
+    """One TCP connect to ``pod`` from a process in the fleet's namespace running as ``group``."""
+    return await run_as(sim, group, _CONNECT, pod.ip, str(pod.ports[0]))
+
+
+@needs_netns
+async def test_cut_breaks_one_vantage_silently(sim: SimCluster) -> None:
+    fleet = sim.fleet
+    n0, n1 = fleet.nodes[:2]
+    a = next(p for p in fleet.pods_on(n0) if p.ports and not p.ipv6)
+    a6 = next((p for p in fleet.pods_on(n0) if p.ports and p.ipv6), None)
+    b = next(p for p in fleet.pods_on(n1) if p.ports)
+    assert "cut" in fleet.capabilities
+    fleet.cut(CUT_GID, n0)
+    assert fleet.cuts == {(CUT_GID, n0)}
+    assert await connect_as(sim, a, CUT_GID) == "timeout"  # silent: no refusal, no EPERM
+    if a6 is not None:
+        assert await connect_as(sim, a6, CUT_GID) == "timeout"
+    assert await connect_as(sim, b, CUT_GID) == "ok"  # its other paths stand
+    assert await connect_as(sim, a, None) == "ok"  # and everyone else still reaches node 0
+    assert await connect_from(fleet, a.ip, a.ports[0]) == "ok"
+    assert await asyncio.to_thread(ping, fleet, a.ip)
+    assert await run_as(sim, CUT_GID, _PING, a.ip) == "timeout"  # ICMP is cut too
+    assert await run_as(sim, CUT_GID, _PING, b.ip if not b.ipv6 else host_ip(1)) == "ok"
+    fleet.cut(CUT_GID, n0, on=False)
+    assert not fleet.cuts
+    assert await connect_as(sim, a, CUT_GID) == "ok"
+    assert await run_as(sim, CUT_GID, _PING, a.ip) == "ok"
+    fleet.cut(CUT_GID, n0)
+    fleet.reset()
+    assert not fleet.cuts
+    assert await connect_as(sim, a, CUT_GID) == "ok"
+
+
+async def test_cut_needs_namespace() -> None:
+    async with SimCluster(2, 2, netns=False, kubelet_delay=None) as sim:
+        with pytest.raises(Unsupported):
+            sim.fleet.cut(CUT_GID, sim.fleet.nodes[0])
