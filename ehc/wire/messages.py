@@ -61,14 +61,32 @@ class Witnesses(msgspec.Struct, tag="witnesses"):
     nodes: dict[str, str]
 
 
+class Ask(msgspec.Struct, tag="ask"):
+    """A peer's question about some of this worker's targets: probe each now, and answer within ``wait``
+    seconds from attempts started after the question (see ``Opinion``)."""
+
+    id: int
+    keys: list[str]
+    wait: float
+
+
 class Stop(msgspec.Struct, tag="stop"):
     pass
 
 
-ToWorker = Init | Upsert | Remove | Witnesses | Stop
+ToWorker = Init | Upsert | Remove | Witnesses | Ask | Stop
 
 
 # ---- worker → coordinator -------------------------------------------------------------------------
+
+
+class Opinion(IntEnum):
+    """What a replica's own fresh probes say of a target, asked for a second opinion."""
+
+    UNKNOWN = 0  # not probed here, or no attempt could be made
+    UP = 1  # an attempt started after the question succeeded
+    DOWN = 2  # it answered, but not as a healthy target does (refused, an HTTP error status, ...)
+    SILENT = 3  # no answer within the wait
 
 
 class Hello(msgspec.Struct, tag="hello"):
@@ -118,6 +136,16 @@ class Transitions(msgspec.Struct, tag="transitions"):
     both as suspect and as unhealthy (-1: not given)."""
     nodes: list[NodeVerdict] = []
     """Node verdicts behind some of ``items``, so the coordinator says it once per node."""
+    doubts: list[str] = []
+    """Targets believed up that just fell into doubt (a failure episode opened, or their node's look
+    went out): the leader asks its peers about them while the confirmations run."""
+
+
+class Answers(msgspec.Struct, tag="answers"):
+    """The answer to an ``Ask``: an opinion for every key asked (UNKNOWN for keys not held here)."""
+
+    id: int
+    opinions: dict[str, Opinion]
 
 
 class Suspects(msgspec.Struct, tag="suspects"):
@@ -158,4 +186,4 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     rss_bytes: int
 
 
-FromWorker = Hello | Transitions | Suspects | Stats
+FromWorker = Hello | Transitions | Answers | Suspects | Stats

@@ -15,15 +15,19 @@ import resource
 import signal
 import sys
 import time
+from functools import partial
 
 import uvloop
 
 from ehc.wire.frames import FrameDecoder, FrameEncoder, FrameError
 from ehc.wire.logs import FORMATS, LEVELS, setup_logging
 from ehc.wire.messages import (
+    Answers,
+    Ask,
     Hello,
     Init,
     NodeVerdict,
+    Opinion,
     Remove,
     Stats,
     Stop,
@@ -77,6 +81,7 @@ class Worker(asyncio.Protocol):
         self._init: Init | None = None
         self._pending: list[Transition] = []
         self._pending_nodes: list[NodeVerdict] = []
+        self._pending_doubts: list[str] = []
         self._stats_timer: asyncio.TimerHandle | None = None
         self._suspects_timer: asyncio.TimerHandle | None = None
         self._suspects_sent = 0
@@ -125,12 +130,20 @@ class Worker(asyncio.Protocol):
                     engine.witness(node, ip)
                 except ValueError as exc:
                     log.error("witness of node %s skipped: invalid address %r: %s", node, ip, exc)
+        elif isinstance(msg, Ask):
+            engine.ask(msg.keys, msg.wait, partial(self._answered, msg.id))
         elif isinstance(msg, Stop):
             self.stop(0)
 
     def _start(self, init: Init) -> None:
         self._init = init
-        self._engine = Engine(self._loop, init.settings, self._queue_transition, on_node=self._queue_node)
+        self._engine = Engine(
+            self._loop,
+            init.settings,
+            self._queue_transition,
+            on_node=self._queue_node,
+            on_doubt=self._queue_doubt,
+        )
         said = self._engine.start()
         log.info("worker %d (pid %d) started; %s", init.worker, os.getpid(), said)
         self._send(Hello(worker=init.worker, pid=os.getpid(), probers=said))
@@ -139,14 +152,22 @@ class Worker(asyncio.Protocol):
 
     # ---- output -------------------------------------------------------------------------------
 
-    def _send(self, msg: Hello | Transitions | Suspects | Stats) -> None:
+    def _send(self, msg: Hello | Transitions | Answers | Suspects | Stats) -> None:
         if not self._out.is_closing():
             self._out.write(self._encoder.encode(msg))
 
     def _queue_transition(self, transition: Transition) -> None:
-        if not self._pending:  # one frame per loop iteration, however many flips it saw
+        if not self._pending and not self._pending_doubts:  # one frame per loop iteration
             self._loop.call_soon(self._flush)
         self._pending.append(transition)
+
+    def _queue_doubt(self, key: str) -> None:
+        if not self._pending and not self._pending_doubts:
+            self._loop.call_soon(self._flush)
+        self._pending_doubts.append(key)
+
+    def _answered(self, question: int, opinions: dict[str, Opinion]) -> None:
+        self._send(Answers(id=question, opinions=opinions))
 
     def _queue_node(self, verdict: NodeVerdict) -> None:
         """A node verdict rides in the frame of the transitions that follow it (the engine flips at
@@ -156,10 +177,11 @@ class Worker(asyncio.Protocol):
     def _flush(self) -> None:
         items, self._pending = self._pending, []
         nodes, self._pending_nodes = self._pending_nodes, []
-        if items:
+        doubts, self._pending_doubts = self._pending_doubts, []
+        if items or doubts:
             suspects = self._engine.suspects if self._engine is not None else -1
             self._suspects_sent = suspects
-            self._send(Transitions(items=items, suspects=suspects, nodes=nodes))
+            self._send(Transitions(items=items, suspects=suspects, nodes=nodes, doubts=doubts))
 
     def _report_suspects(self) -> None:
         engine, init = self._engine, self._init

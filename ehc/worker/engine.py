@@ -35,6 +35,12 @@ attempts (HTTP and gRPC ones wait on applications, and count only when they time
 unanswered that long, with nothing heard from the node, the node is judged down.  A witness that has
 never answered is not used (a firewall, not a dead node).
 
+**Doubts and questions.**  A target believed up whose failure episode opens, or whose node's look
+goes out, is reported as a *doubt* (``on_doubt``), so the leader can ask its peers while the
+confirmations run.  A peer's question (``ask``) probes each target asked about at once and answers
+from attempts started after the question only: UP for a success, DOWN for an answer that is not one,
+SILENT for nothing within the wait.
+
 Nothing blocks and nothing waits in a worker slot: a probe in flight is a socket and an entry in
 its prober's deadline queue.  The engine knows no probe kind by name: each check is handed to the
 prober the registry names for its kind, and a target with several checks is one attempt that
@@ -56,7 +62,7 @@ from functools import partial
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Prober, silent
 from ehc.probe.registry import PROBERS
 from ehc.wire.checks import Check, kind_of, target_kind
-from ehc.wire.messages import Health, NodeVerdict, Target, Transition
+from ehc.wire.messages import Health, NodeVerdict, Opinion, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.stats import LagWindow, LatencyHistogram
 
@@ -82,12 +88,15 @@ _READ_FIRST = 0.005
 LOOK_GRACE = 0.1
 """How long the look at a node's other targets must go unanswered before the node may be judged
 down: far longer than a live node's kernel takes to answer a connect, with room for a busy loop."""
+_SAME_MOMENT = 0.001
+"""Slack when telling whether an attempt started after a question: its start is now minus its latency."""
 
 
 class _Target:
     """A target's place on the wheel and the state of its current episode."""
 
     __slots__ = (
+        "asked",
         "checks",
         "family",
         "gen",
@@ -113,6 +122,7 @@ class _Target:
         self.votes = 0  # results in a row contradicting ``health``
         self.slot = 0
         self.removed = False
+        self.asked: list[_Question] | None = None  # open questions about it, answered by its next results
 
 
 class _Node:
@@ -158,6 +168,19 @@ class _Witness:
         self.beats = 0
 
 
+class _Question:
+    """A peer's question about some targets: an opinion per key, the keys still waiting for a result."""
+
+    __slots__ = ("done", "open", "opinions", "since", "timer")
+
+    def __init__(self, since: float, done: Callable[[dict[str, Opinion]], None]) -> None:
+        self.since = since
+        self.done: Callable[[dict[str, Opinion]], None] | None = done
+        self.opinions: dict[str, Opinion] = {}
+        self.open: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class Engine:
     """Probes a changing set of targets on one event loop and reports transitions."""
 
@@ -168,14 +191,18 @@ class Engine:
         on_transition: Callable[[Transition], None],
         *,
         on_node: Callable[[NodeVerdict], None] = lambda verdict: None,
+        on_doubt: Callable[[str], None] = lambda key: None,
         probers: dict[str, Prober] | None = None,
     ) -> None:
-        """``on_node`` hears of a node verdict before its targets' transitions.  ``probers`` replaces
-        the registry's prober for the kinds it names (tests script outcomes)."""
+        """``on_node`` hears of a node verdict before its targets' transitions, ``on_doubt`` of a target
+        believed up falling into doubt.  ``probers`` replaces the registry's prober for the kinds it
+        names (tests script outcomes)."""
         self._loop = loop
         self._settings = settings
         self._on_transition = on_transition
         self._on_node = on_node
+        self._on_doubt = on_doubt
+        self._questions: set[_Question] = set()
         self._fail_needed = 1 + settings.retry_count
         self._recover_needed = settings.recovery_threshold
         self._targets: dict[str, _Target] = {}
@@ -231,6 +258,8 @@ class Engine:
             self._beat.cancel()
         if self._witness_prober is not None:
             self._witness_prober.close()
+        for q in list(self._questions):
+            self._answer(q)
         for t in self._targets.values():
             t.removed = True
         self._targets.clear()
@@ -280,6 +309,9 @@ class Engine:
             if t.votes and t.health != _UNHEALTHY:
                 self._suspects -= 1
             t.removed = True
+            for q in t.asked or ():
+                q.opinions[key] = Opinion.UNKNOWN
+                self._settle(q, key)
             del self._wheel[t.slot][key]
             if (node := t.node) is not None:
                 del node.members[key]
@@ -302,6 +334,58 @@ class Engine:
         if node.witness is None or node.witness.ip != ip:
             node.witness = _Witness(ip) if ip else None
             node.misses = 0
+
+    def ask(self, keys: list[str], wait: float, done: Callable[[dict[str, Opinion]], None]) -> None:
+        """A peer's question: probe each target now and call ``done`` with an opinion of every key once
+        each one held here has a result from an attempt started since, or ``wait`` seconds passed."""
+        q = _Question(time.monotonic(), done)
+        self._questions.add(q)
+        for key in keys:
+            t = self._targets.get(key)
+            if t is None or key in q.opinions:
+                q.opinions.setdefault(key, Opinion.UNKNOWN)
+                continue
+            q.opinions[key] = Opinion.SILENT
+            q.open.add(key)
+            if t.asked is None:
+                t.asked = []
+            t.asked.append(q)
+            self._attempt(t)
+        if q.open:
+            q.timer = self._loop.call_later(wait, self._answer, q)
+        else:
+            self._loop.call_soon(self._answer, q)
+
+    def _tell(self, t: _Target, outcome: int, latency: float, detail: str) -> None:
+        """A result of ``t`` answers the questions asked before its attempt started."""
+        if outcome == LOCAL_ERROR or t.asked is None:
+            return
+        started = time.monotonic() - latency
+        opinion = Opinion.UP if outcome == OK else Opinion.SILENT if silent(detail) else Opinion.DOWN
+        for q in [q for q in t.asked if started >= q.since - _SAME_MOMENT]:
+            q.opinions[t.key] = opinion
+            self._settle(q, t.key)
+
+    def _settle(self, q: _Question, key: str) -> None:
+        """``key`` needs nothing more for ``q``: answer it once nothing else does."""
+        q.open.discard(key)
+        if (t := self._targets.get(key)) is not None and t.asked is not None:
+            t.asked.remove(q)
+            if not t.asked:
+                t.asked = None
+        if not q.open:
+            self._answer(q)
+
+    def _answer(self, q: _Question) -> None:
+        done, q.done = q.done, None
+        if done is None:
+            return
+        if q.timer is not None:
+            q.timer.cancel()
+        self._questions.discard(q)
+        for key in list(q.open):  # silent until now: no longer waited for
+            self._settle(q, key)
+        done(q.opinions)
 
     @property
     def witnesses(self) -> tuple[int, int]:
@@ -400,6 +484,8 @@ class Engine:
     def _on_result(
         self, t: _Target, gen: int, check: Check, outcome: int, latency: float, detail: str
     ) -> None:
+        if t.asked is not None:
+            self._tell(t, outcome, latency, detail)
         if outcome == OK and t.health == _HEALTHY and not t.votes:  # the common case: nothing to decide
             self.probes[t.kind] += 1
             self.latency.add(latency)
@@ -435,6 +521,7 @@ class Engine:
         t.votes += 1
         if believed_up and t.votes == 1:
             self._suspects += 1
+            self._on_doubt(t.key)
         needed = self._fail_needed if believed_up else self._recover_needed
         if t.votes >= needed:
             self._flip(t, _UNHEALTHY if believed_up else _HEALTHY, check, detail, latency)
@@ -486,6 +573,7 @@ class Engine:
         self.looks += 1
         for m in node.members.values():
             if m is not seen and m.health != _UNHEALTHY and not m.votes:
+                self._on_doubt(m.key)
                 self._attempt(m)
                 if seen is None and m.kind in _CONNECT_ONLY:
                     node.looked.add(m.key)
@@ -652,4 +740,6 @@ class _AllChecks:
             outcome, check, latency, detail = (
                 self._fail or self._local or (OK, t.checks[0], self._latency, "")
             )
+            if t.asked is not None:
+                self._engine._tell(t, outcome, latency, detail)
             self._engine._judge(t, self._gen, check, outcome, latency, detail)
