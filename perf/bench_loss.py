@@ -36,7 +36,7 @@ async def one(args: argparse.Namespace, retry_count: int) -> dict[str, object]:
         proc = await asyncio.create_subprocess_exec(
             *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
             "--retry-count", str(retry_count), "--identity", "bench", "--namespace", "default",
-            "--metrics-address", "", "--log-level", "error", env={**os.environ},
+            "--metrics-address", "", "--peer-address", "", "--log-level", "error", env={**os.environ},
         )  # fmt: skip
         try:
             while not all(

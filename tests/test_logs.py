@@ -18,7 +18,7 @@ async def test_every_stderr_line_is_json_workers_included() -> None:
         gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig, "--identity", "ehc-json",
-            "--namespace", "default", "--metrics-address", "", "--workers", "2",
+            "--namespace", "default", "--metrics-address", "", "--peer-address", "", "--workers", "2",
             env={**os.environ, "EHC_LOG_FORMAT": "json", "EHC_LOG_LEVEL": "debug", "PYTHONUNBUFFERED": "1"},
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

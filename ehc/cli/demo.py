@@ -110,7 +110,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
             *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
             "--workers", str(args.workers), "--identity", "ehc-demo", "--namespace", "default",
-            "--metrics-address", "", "--log-level", "warning", "--selectorless",
+            "--metrics-address", "", "--peer-address", "", "--log-level", "warning", "--selectorless",
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:

@@ -55,6 +55,7 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
 
     from ehc.coordinator import metrics
     from ehc.coordinator.controller import Controller
+    from ehc.coordinator.peers import PeerServer
     from ehc.kube.client import make_api_client
 
     try:
@@ -72,6 +73,22 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
         log.error("EHC_METRICS_ADDRESS=%r: cannot listen there: %s", settings.metrics_address, exc)
         await api.close()
         return 2
+    peer = PeerServer(settings.identity, controller.peer_opinions)
+    if settings.peer_address:
+        try:
+            await peer.start(settings.peer_address)
+        except OSError as exc:
+            log.error("EHC_PEER_ADDRESS=%r: cannot listen there: %s", settings.peer_address, exc)
+            if runner is not None:
+                await runner.cleanup()
+            await api.close()
+            return 2
+        if controller.membership is None:
+            log.warning(
+                "POD_IP is not set (give it from the downward API's status.podIP): peers cannot reach this "
+                "replica, so it keeps no member Lease, and gives and asks no second opinion"
+            )
+    controller.peer_server = peer
     selectorless = (
         "EndpointSlices and Endpoints in " + (", ".join(settings.selectorless_namespaces) or "every namespace")
         if settings.selectorless else "off"
@@ -93,5 +110,6 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
     finally:
         if runner is not None:
             await runner.cleanup()
+        await peer.close()
         await api.close()
     return 0

@@ -25,10 +25,13 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from ehc.coordinator.decider import Decider
+from ehc.coordinator.opinions import Ruling, SecondOpinion
+from ehc.coordinator.peers import PeerServer
 from ehc.coordinator.pool import WorkerPool
-from ehc.coordinator.settings import RunSettings
+from ehc.coordinator.settings import RunSettings, advertised_peer_address
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
+from ehc.kube.members import Membership
 from ehc.kube.watch import ListWatcher, PodWatcher
 from ehc.kube.writes import Write, WriteQueue
 from ehc.sources import Source
@@ -36,7 +39,7 @@ from ehc.sources.endpoints.kinds import KINDS, AddressKind
 from ehc.sources.endpoints.source import AddressSource
 from ehc.sources.nodes import NODES, NodeWitnesses
 from ehc.sources.pods import PodSource
-from ehc.wire.messages import Health, NodeVerdict, Target, Transition
+from ehc.wire.messages import Health, NodeVerdict, Opinion, Target, Transition
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,26 @@ class Controller:
             on_done=self._written,
         )
         self.events = EventRecorder(api, host=settings.identity)
+        address = advertised_peer_address(settings)
+        self.membership: Membership | None = None
+        if address:
+            self.membership = Membership(
+                api, namespace=settings.namespace, group=settings.lease_name, identity=settings.identity,
+                address=address, lease_duration=settings.lease_duration,
+                renew_every=max(settings.retry_period, settings.lease_duration / 4),
+            )  # fmt: skip
+        self.opinions: SecondOpinion | None = None
+        if settings.second_opinion and self.membership is not None:
+            self.opinions = SecondOpinion(
+                peers=self.membership.peers, leading=self.elector.is_leader, node_of=self._node_of,
+                on_settled=self._reconsider, on_veto=self._vetoed,
+            )  # fmt: skip
         self.decider = Decider(
             on_verdict=self._verdict,
             on_failsafe=self._failsafe,
             failsafe_share=settings.failsafe_share,
             failsafe_min_targets=settings.failsafe_min_targets,
+            may_eject=self._may_eject,
         )
         self.pods = PodSource(
             self, submit=self.writes.submit, cancel=self.writes.cancel, settled=self.writes.settled,
@@ -95,6 +113,7 @@ class Controller:
             self.watchers.append(
                 ListWatcher(api, NODES, on_page=w.page, on_snapshot=w.snapshot, on_event=w.event)
             )
+        self.peer_server: PeerServer | None = None  # set by ``ehc run`` when it serves peers
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.transitions = 0
         self.node_verdicts = 0
@@ -126,6 +145,10 @@ class Controller:
             asyncio.create_task(self.writes.run(), name="writes"),
             asyncio.create_task(self.events.run(), name="events"),
         ]
+        if self.membership is not None:
+            tasks.append(asyncio.create_task(self.membership.run(), name="membership"))
+        if self.opinions is not None:
+            tasks.append(asyncio.create_task(self.opinions.reask(), name="second opinion"))
         # Lead once the pods are in: a watch of another source that cannot sync (no RBAC for it, say)
         # keeps /readyz false and says why, but must not leave the pods unprotected.
         await self.watchers[0].wait_synced()
@@ -147,6 +170,10 @@ class Controller:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.membership is not None:
+                await self.membership.leave()
+            if self.opinions is not None:
+                await self.opinions.close()
             if self.pool is not None:
                 await self.pool.close()
 
@@ -170,6 +197,7 @@ class Controller:
             on_transition=self._transition,
             on_suspects=self.decider.suspects,
             on_node=self._node_verdict,
+            on_doubts=self._doubts,
             env=self._worker_env,
             log_level=self.settings.log_level,
             log_format=self.settings.log_format,
@@ -183,8 +211,19 @@ class Controller:
         pool.upsert(itertools.chain.from_iterable(s.seed() for s in self.sources))
         return pool
 
+    async def peer_opinions(self, keys: list[str], wait: float) -> dict[str, Opinion]:
+        """A peer's question, answered from this replica's own probes (nothing probed: all unknown)."""
+        if self.pool is None:
+            return dict.fromkeys(keys, Opinion.UNKNOWN)
+        return await self.pool.ask(keys, wait)
+
     async def _lead(self) -> None:
         targets = self.targets_by_kind().total()
+        if self.membership is not None and self.elector.previous_holder:
+            self.membership.forget(self.elector.previous_holder)  # the leader whose lease expired
+        if self.opinions is not None:
+            self.opinions.reset()
+            self.decider.reconsider(self.decider.unhealthy)  # held while standing by: ruled on now
         if self.pool is not None:
             # Standing by hot: what its own probes want written goes now (queued while standing by, or
             # wanted again after an earlier term's queue was dropped).
@@ -222,6 +261,8 @@ class Controller:
 
     def _follow(self) -> Awaitable[None] | None:
         dropped = self.writes.clear()
+        if self.opinions is not None:
+            self.opinions.reset()
         if not self.settings.hot_standby:
             self._forget()
         log.warning(
@@ -240,6 +281,8 @@ class Controller:
     def remove(self, key: str) -> None:
         if self.pool is not None:
             self.pool.remove([key])
+        if self.opinions is not None:
+            self.opinions.clear(key)
         self.decider.forget(key)
 
     def _witnesses_changed(self, changes: dict[str, str]) -> None:
@@ -257,23 +300,62 @@ class Controller:
             return
         self.transitions += 1
         source.transition(tr, worker)
+        if tr.health != Health.UNHEALTHY and self.opinions is not None:
+            self.opinions.clear(tr.key)
         self.decider.transition(tr)
+
+    def _doubts(self, keys: list[str]) -> None:
+        if self.opinions is not None:
+            self.opinions.doubt(keys)
+
+    def _reconsider(self, keys: list[str]) -> None:
+        self.decider.reconsider(keys)
+
+    def _peers(self) -> dict[str, str]:
+        return self.membership.peers() if self.membership is not None else {}
+
+    def _may_eject(self, key: str) -> bool:
+        return self.opinions is None or self.opinions.ruling(key) == Ruling.GO
+
+    def _node_of(self, key: str) -> str:
+        return self.pool.node_of(key) if self.pool is not None else ""
+
+    def _vetoed(self, key: str, node: str, peers: list[str], first: bool) -> None:
+        """A peer sees a target alive that the leader would eject: held; said once per node."""
+        if not first:
+            return
+        where = f"node {node}" if node != key else key
+        said = (
+            f"the leader ({self.settings.identity}) gets no answer from {key}, but {', '.join(peers)} "
+            f"saw it answer just now: a suspected partition between the leader and {where}"
+        )
+        log.warning("%s; its ejections are held while a peer sees them alive", said, extra={"node": node})
+        on_node = node != key
+        self.events.emit(
+            namespace="default" if on_node else self.settings.namespace,
+            name=node if on_node else self.settings.identity, uid="", kind="Node" if on_node else "Pod",
+            type_="Warning", reason="EjectionVetoed",
+            message=f"{said}; ehc does not eject its targets while a peer sees them alive",
+        )  # fmt: skip
 
     def _node_verdict(self, worker: int, verdict: NodeVerdict) -> None:
         """A whole node judged down: said once, here, rather than once per target (its targets'
         transitions follow, each naming the node)."""
-        self.node_verdicts += 1
         if not self.elector.is_leader():
             return  # a standby's own view: it writes nothing, and says nothing either
+        self.node_verdicts += 1
         said = (
             f"node {verdict.node} judged down as a whole: {verdict.targets} of its targets silent, "
             f"{verdict.attempts} attempts unanswered, nothing heard from it for {verdict.silent_for * 1000:.0f} ms"
         )
-        log.warning("%s; ejecting them together (worker %d)", said, worker, extra={"node": verdict.node})
+        unless = " unless a peer sees them alive" if self.opinions is not None and self._peers() else ""
+        log.warning(
+            "%s; ejecting them together%s (worker %d)", said, unless, worker, extra={"node": verdict.node}
+        )
         # Node Events live in the default namespace, as the kubelet's and the node controller's do.
         self.events.emit(
             namespace="default", name=verdict.node, uid="", kind="Node", type_="Warning",
-            reason="NodeSilent", message=f"{said}; ehc takes them out of service",
+            reason="NodeSilent", message=f"{said}; ehc takes them out of service{unless}",
         )  # fmt: skip
 
     def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:

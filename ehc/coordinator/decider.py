@@ -14,6 +14,9 @@ network failure).  Suspects (targets in an open failure episode) count towards t
 fail-safe engages before the first ejection of a mass failure is written, not halfway through it.
 Every edge re-evaluates every unhealthy target, and the target whose transition caused the edge
 always gets its verdict too, whatever its health.
+
+**Gate.**  An ejection the fail-safe allows still passes ``may_eject(key)`` (the second opinion): while
+it says no, the verdict is UNKNOWN, and ``reconsider(keys)`` rules again once it may have changed.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ class Decider:
         on_failsafe: Callable[[bool, int, int], None] | None = None,
         failsafe_share: float = 0.5,
         failsafe_min_targets: int = 10,
+        may_eject: Callable[[str], bool] = lambda key: True,
     ) -> None:
         self._on_verdict = on_verdict
+        self._may_eject = may_eject
         self._on_failsafe = on_failsafe
         self._share = failsafe_share
         self._min_targets = failsafe_min_targets
@@ -87,6 +92,16 @@ class Decider:
         self._check_failsafe(cause=key)
         self._on_verdict(key, self._verdict(key, tr.health), tr)
 
+    def reconsider(self, keys: list[str]) -> None:
+        """Rule again on these targets' ejections (the gate's answer may have changed)."""
+        for key in keys:
+            if key in self._unhealthy:
+                self._on_verdict(key, self._verdict(key, Health.UNHEALTHY), None)
+
+    @property
+    def unhealthy(self) -> list[str]:
+        return list(self._unhealthy)
+
     def suspects(self, worker: int, count: int) -> None:
         """A worker's count of targets with an open failure episode."""
         self._suspects[worker] = count
@@ -95,7 +110,9 @@ class Decider:
     # ---- decisions ----------------------------------------------------------------------------
 
     def _verdict(self, key: str, health: Health) -> Health:
-        return Health.UNKNOWN if health == Health.UNHEALTHY and self.failsafe else health
+        if health == Health.UNHEALTHY and (self.failsafe or not self._may_eject(key)):
+            return Health.UNKNOWN
+        return health
 
     def _check_failsafe(self, cause: str = "") -> None:
         """Engage or release the fail-safe; on a change, give every unhealthy target but ``cause`` (whose

@@ -113,6 +113,7 @@ class ControllerCollector(Collector):
             "Terms this replica ended because it could not run its workers",
             value=e.give_ups,
         )
+        yield from _peer_metrics(c)
         synced = GaugeMetricFamily(
             "ehc_watch_synced",
             "1 once every watch of the resource has listed (0: see the log)",
@@ -204,6 +205,47 @@ class ControllerCollector(Collector):
             latency_counts,
             latency_sum,
         )
+
+
+def _peer_metrics(c: Controller) -> Iterator[object]:
+    """Membership, the second opinion asked for, and the opinions given (see ``ehc.coordinator.opinions``)."""
+    m, o, server = c.membership, c.opinions, c.peer_server
+    yield GaugeMetricFamily(
+        "ehc_peers",
+        "Live peers (member Leases renewed within their duration)",
+        value=len(m.peers()) if m else 0,
+    )
+    yield CounterMetricFamily(
+        "ehc_member_lease_errors",
+        "Failed member Lease requests (each logged with its status; without them, no second opinion)",
+        value=m.errors if m else 0,
+    )
+    yield CounterMetricFamily(
+        "ehc_ejections_vetoed",
+        "Ejections a peer vetoed because it saw the target alive (once per target per suspected partition)",
+        value=o.vetoes if o else 0,
+    )
+    yield GaugeMetricFamily(
+        "ehc_suspected_partitions",
+        "Nodes whose targets the leader would eject while a peer sees them alive",
+        value=o.partitions if o else 0,
+    )
+    asked = CounterMetricFamily(
+        "ehc_peer_questions",
+        "Questions this leader asked peers, by outcome (failed: no usable answer in time)",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted((o.asked if o else {"answered": 0, "failed": 0}).items()):
+        asked.add_metric([outcome], n)
+    yield asked
+    served = CounterMetricFamily(
+        "ehc_peer_answers",
+        "Questions from peers, by outcome (refused: malformed or too big; throttled: 429)",
+        labels=["outcome"],
+    )
+    for outcome, n in sorted((server.served if server else {}).items()):
+        served.add_metric([outcome], n)
+    yield served
 
 
 def _histogram(

@@ -32,11 +32,14 @@ import msgspec
 from ehc.coordinator.sharding import worker_for
 from ehc.wire.frames import FrameDecoder, FrameEncoder, FrameError
 from ehc.wire.messages import (
+    Answers,
+    Ask,
     FromWorker,
     Health,
     Hello,
     Init,
     NodeVerdict,
+    Opinion,
     Remove,
     Stats,
     Stop,
@@ -55,6 +58,9 @@ OnTransition = Callable[[int, Transition], None]
 OnStats = Callable[[Stats], None]
 OnSuspects = Callable[[int, int], None]
 OnNode = Callable[[int, NodeVerdict], None]
+OnDoubts = Callable[[list[str]], None]
+ANSWER_SLACK = 0.1
+"""How much longer than its wait a worker may take to answer a question before it counts as no answer."""
 
 _STABLE_AFTER = 30.0  # a worker that lived this long resets its restart backoff
 START_ATTEMPTS = 3
@@ -123,7 +129,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.exited.set_result(code if code is not None else -1)
         self.pool._on_exit(self, code)
 
-    def send(self, message: Init | Upsert | Remove | Witnesses | Stop) -> None:
+    def send(self, message: Init | Upsert | Remove | Witnesses | Ask | Stop) -> None:
         if self.alive and self.transport is not None:
             stdin = self.transport.get_pipe_transport(0)
             if stdin is not None and not stdin.is_closing():
@@ -150,6 +156,7 @@ class WorkerPool:
         on_stats: OnStats | None = None,
         on_suspects: OnSuspects | None = None,
         on_node: OnNode | None = None,
+        on_doubts: OnDoubts | None = None,
         stats_interval: float = 1.0,
         restart_backoff: tuple[float, float] = (0.2, 10.0),
         env: dict[str, str] | None = None,
@@ -165,6 +172,9 @@ class WorkerPool:
         self._on_stats = on_stats
         self._on_suspects = on_suspects
         self._on_node = on_node
+        self._on_doubts = on_doubts
+        self._questions: dict[int, asyncio.Future[dict[str, Opinion]]] = {}
+        self._question_ids = 0
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
         self._env = env
@@ -348,6 +358,45 @@ class WorkerPool:
             if (proc := self._procs[index]) is not None:
                 proc.send(Remove(keys=batch))
 
+    def node_of(self, key: str) -> str:
+        """The node a target runs on ("" when unknown or not a target)."""
+        t = self._targets.get(key)
+        return t.node if t is not None else ""
+
+    async def ask(self, keys: Iterable[str], wait: float) -> dict[str, Opinion]:
+        """What this replica's own probes say of ``keys`` now: each is probed at once by its worker,
+        and judged on attempts started since (``Engine.ask``).  Keys not probed here, or whose worker
+        did not answer in time, are UNKNOWN."""
+        keys = list(keys)
+        batches: dict[int, list[str]] = {}
+        opinions: dict[str, Opinion] = {}
+        for key in keys:
+            index = self._owner.get(key)
+            if index is None:
+                opinions[key] = Opinion.UNKNOWN
+            else:
+                batches.setdefault(index, []).append(key)
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[dict[str, Opinion]]] = []
+        for index, batch in batches.items():
+            proc = self._procs[index]
+            if proc is None or not proc.alive:
+                continue
+            self._question_ids += 1
+            future = self._questions[self._question_ids] = loop.create_future()
+            proc.send(Ask(id=self._question_ids, keys=batch, wait=wait))
+            waiting.append(future)
+        if waiting:
+            await asyncio.wait(waiting, timeout=wait + ANSWER_SLACK)
+        for future in waiting:
+            if future.done():
+                opinions.update(future.result())
+            else:
+                future.cancel()
+        for question in [i for i, f in self._questions.items() if f.done()]:
+            del self._questions[question]
+        return {key: opinions.get(key, Opinion.UNKNOWN) for key in keys}
+
     def __len__(self) -> int:
         return len(self._targets)
 
@@ -366,11 +415,17 @@ class WorkerPool:
             if self._on_node is not None:
                 for verdict in msg.nodes:
                     self._on_node(proc.index, verdict)
+            if msg.doubts and self._on_doubts is not None:
+                self._on_doubts(msg.doubts)
             for tr in msg.items:
                 if self._owner.get(tr.key) != proc.index:
                     continue  # removed (or moved) while the transition was in the pipe
                 self._health[tr.key] = tr.health
                 self._on_transition(proc.index, tr)
+        elif isinstance(msg, Answers):
+            future = self._questions.get(msg.id)
+            if future is not None and not future.done():
+                future.set_result({k: v for k, v in msg.opinions.items() if self._owner.get(k) == proc.index})
         elif isinstance(msg, Suspects):
             if self._on_suspects is not None:
                 self._on_suspects(proc.index, msg.count)

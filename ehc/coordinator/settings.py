@@ -73,11 +73,23 @@ SETTINGS: tuple[Setting, ...] = (
         "comma-separated namespaces whose EndpointSlices and Endpoints are watched (empty: every namespace)",
     ),
     Setting(
-        "EHC_HOT_STANDBY", "--hot-standby", "bool", False,
+        "EHC_HOT_STANDBY", "--hot-standby", "bool", True,
         "standbys probe like the leader (one more connection per target per interval per standby) so "
-        "the replica that takes the lease writes at once what its own probes know; false: only the "
-        "leader probes, starting from scratch when it takes over",
+        "the replica that takes the lease writes at once what its own probes know, and can give a second "
+        "opinion; false: only the leader probes, starting from scratch when it takes over",
     ),
+    Setting(
+        "EHC_SECOND_OPINION", "--second-opinion", "bool", True,
+        "before ejecting, ask the live peers (hot standbys) what their own probes say; a peer that sees the "
+        "target alive vetoes the ejection (a suspected partition between the leader and it), one that "
+        "cannot answer in time does not block it",
+    ),
+    Setting(
+        "EHC_PEER_ADDRESS", "--peer-address", "address", ":9091",
+        "HOST:PORT or :PORT where peers ask this replica for its opinion (empty: off, and no member "
+        "Lease); peers reach it at POD_IP and this port",
+    ),
+    Setting("POD_IP", "--pod-ip", "str", "", "the address peers reach this replica at (the downward API's status.podIP)"),
     Setting("EHC_RECOVERY_THRESHOLD", "--recovery-threshold", "int", 2, "healthy again after N successes in a row", minimum=1),
     Setting("EHC_CONFIRM_SPACING", "--confirm-spacing", "duration", 0.05, "gap between the parallel confirmation attempts", minimum=0),
     Setting(
@@ -206,6 +218,9 @@ class RunSettings:
     selectorless: bool
     selectorless_namespaces: tuple[str, ...]
     hot_standby: bool
+    second_opinion: bool
+    peer_address: str
+    pod_ip: str
     workers: int
     failsafe_share: float
     failsafe_min_targets: int
@@ -306,12 +321,29 @@ def concerns(s: RunSettings) -> list[str]:
             f"EHC_NODE_WITNESS is {s.node_witness} but EHC_NODE_EVIDENCE is 0: without node evidence "
             "there is no node to witness, so no witness is checked"
         )
+    if s.second_opinion and s.peer_address and not s.hot_standby:
+        out.append(
+            "EHC_SECOND_OPINION is on but EHC_HOT_STANDBY is false: standbys probe nothing, so they have no "
+            "opinion to give and every ejection goes ahead on the leader's word alone"
+        )
     if s.interval > 10:
         out.append(
             f"HEALTH_CHECK_INTERVAL is {format_duration(s.interval)}: a dead endpoint may keep its traffic "
             "that long before ehc even looks (Kubernetes alone takes 40-50s)"
         )
     return out
+
+
+def advertised_peer_address(s: RunSettings) -> str:
+    """Where peers reach this replica (``POD_IP:port``, or the peer address's own host), or "" when
+    it has none to give: then it keeps no member Lease."""
+    if not s.peer_address:
+        return ""
+    host, port = parse_address(s.peer_address)
+    host = s.pod_ip or (host if host not in (None, "0.0.0.0", "::") else "")
+    if not host:
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_address(text: str) -> tuple[str | None, int]:

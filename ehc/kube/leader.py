@@ -142,6 +142,7 @@ class LeaderElector:
         self._said_at = -math.inf  # when a lease failure was last logged
         self._unsaid = 0  # failures since then
         self.observed_holder = ""  # the holder named by the lease as last seen (for logs, /readyz)
+        self.previous_holder = ""  # the one before it (whom a new leader took over from)
         self.errors = 0  # failed lease requests
         self.last_error = ""
         self.last_success = -math.inf  # clock() of the last lease request that succeeded
@@ -348,7 +349,7 @@ class LeaderElector:
             self._observed = record
             self._observed_at = self._clock() if at is None else at
         if record[0] != self.observed_holder:
-            self.observed_holder = record[0]
+            self.previous_holder, self.observed_holder = self.observed_holder, record[0]
             log.info("lease %s/%s: holder is now %r", self.namespace, self.name, record[0])
 
     def _lease_valid(self) -> bool:

@@ -17,6 +17,7 @@ from helpers import conditions_are, stop, until
 from ehc.sim import SimCluster
 from ehc.sim import netns as sim_netns
 from ehc.sim.faults import PODS_STATUS
+from ehc.sim.fleet import host_ip
 
 pytestmark = pytest.mark.skipif(
     not sim_netns.available()[0], reason=f"needs a network namespace: {sim_netns.available()[1]}"
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 LEASE = "endpoint-health-checker-leader"
 FAST = ["--interval", "300ms", "--timeout", "200ms", "--retry-count", "2", "--confirm-spacing", "20ms",
-        "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", ""]  # fmt: skip
+        "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", "",
+        "--peer-address", ""]  # fmt: skip
 
 
 async def start_ehc(sim: SimCluster, identity: str, *extra: str) -> asyncio.subprocess.Process:
@@ -265,6 +267,33 @@ async def test_ipv6_pods_and_a_pod_deleted_while_its_patch_is_queued() -> None:
             assert await stop(proc) == 0
 
 
+async def http_get(sim: SimCluster, port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from ehc's metrics server, from inside the cluster's namespace."""
+    code = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5); print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); print(e.read().decode())\n"
+    )
+    p = await asyncio.create_subprocess_exec(
+        *sim.exec_prefix(), sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await p.communicate()
+    status, _, body = out.decode().partition("\n")
+    return int(status), body
+
+
+async def metrics(sim: SimCluster, port: int) -> dict[str, float]:
+    status, text = await http_get(sim, port, "/metrics")
+    assert status == 200
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
 async def test_metrics_healthz_and_readyz() -> None:
     async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None) as sim:
         gate_pods = [p for p in sim.fleet.targets() if p.style == "gate"]
@@ -273,30 +302,9 @@ async def test_metrics_healthz_and_readyz() -> None:
             await until(conditions_are(sim.api, gate_pods, "True"))
             await asyncio.sleep(1.5)  # a stats frame from the worker
 
-            async def get(path: str) -> tuple[int, str]:
-                code = (
-                    "import sys, urllib.request, urllib.error\n"
-                    "try:\n"
-                    f"    r = urllib.request.urlopen('http://127.0.0.1:19090{path}', timeout=5); print(r.status); print(r.read().decode())\n"
-                    "except urllib.error.HTTPError as e:\n"
-                    "    print(e.code); print(e.read().decode())\n"
-                )
-                p = await asyncio.create_subprocess_exec(
-                    *sim.exec_prefix(), sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
-                )
-                out, _ = await p.communicate()
-                status, _, body = out.decode().partition("\n")
-                return int(status), body
-
-            assert (await get("/healthz"))[0] == 200
-            assert (await get("/readyz"))[0] == 200
-            status, text = await get("/metrics")
-            assert status == 200
-            samples = {
-                line.split(" ")[0]: float(line.split(" ")[1])
-                for line in text.splitlines()
-                if line and not line.startswith("#")
-            }
+            assert (await http_get(sim, 19090, "/healthz"))[0] == 200
+            assert (await http_get(sim, 19090, "/readyz"))[0] == 200
+            samples = await metrics(sim, 19090)
             targets = sum(v for k, v in samples.items() if k.startswith("ehc_targets{"))
             assert targets == len(sim.fleet.targets())
             assert samples["ehc_leader"] == 1 and samples["ehc_failsafe_engaged"] == 0
@@ -500,3 +508,44 @@ async def test_a_hot_standby_probes_before_it_leads_and_takes_over_with_the_same
             assert children(b.pid) == standby_workers  # the workers that probed while b stood by
         finally:
             assert await stop(b) == 0
+
+
+async def test_peers_that_are_down_or_answer_garbage_never_stop_a_real_ejection() -> None:
+    """Two members whose Leases say they are live: one on the node that dies (it refuses, then drops
+    everything), one at a port that answers HTTP but not as a peer.  The leader asks them before ejecting
+    a dead node's pods, gets nothing usable, ejects within the ask's deadline, and keeps running."""
+    async with SimCluster(nodes=3, pods_per_node=8, kubelet_delay=None) as sim:
+        fleet, api = sim.fleet, sim.api
+        http_pod = next(
+            p for p in fleet.pods if p.style == "gate" and 8080 in p.ports and p.node != "sim-node-000"
+        )
+        for name, address in (
+            ("ghost-dead", f"{host_ip(0)}:9091"),
+            ("ghost-garbage", f"{http_pod.ip}:8080"),
+        ):
+            api.leases.create({
+                "metadata": {"name": f"{LEASE}-{name}", "namespace": "default",
+                             "labels": {"endpoint-health-checker.io/member": LEASE},
+                             "annotations": {"endpoint-health-checker.io/peer-address": address}},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600,
+                         "renewTime": "2026-01-01T00:00:00.000000Z"},
+            })  # fmt: skip
+        gate_pods = [p for p in fleet.targets() if p.style == "gate"]
+        a = await start_ehc(
+            sim, "ehc-a", "--peer-address", "127.0.0.1:19391", "--failsafe-min-targets", "1000",
+            "--metrics-address", "127.0.0.1:19392",
+        )  # fmt: skip
+        try:
+            await until(conditions_are(api, gate_pods, "True"))
+            await asyncio.sleep(1.0)  # the ghosts are known as peers
+            victim = "sim-node-000"
+            on_victim = {(p.namespace, p.name) for p in fleet.pods_on(victim) if p.opted_in}
+            fleet.power_off(victim)
+            await until(lambda: on_victim <= marked_unready(sim).keys(), "the dead node's pods out")
+            assert events(sim, "EjectionVetoed") == []
+            assert a.returncode is None  # the leader lives on
+            said = await metrics(sim, 19392)
+            assert said["ehc_peers"] == 2 and said['ehc_peer_questions_total{outcome="failed"}'] >= 2
+            assert said["ehc_ejections_vetoed_total"] == 0
+        finally:
+            assert await stop(a) == 0
