@@ -105,6 +105,17 @@ def env_of(objects: list[Obj]) -> dict[str, str]:
     return out
 
 
+def ingress_by_port(policy: Obj) -> dict[int, list[Obj] | None]:
+    """A NetworkPolicy's ingress rules as TCP port -> ``from`` peers (None: from anywhere)."""
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    out: dict[int, list[Obj] | None] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP" and port["port"] not in out, rule
+            out[port["port"]] = rule.get("from")
+    return out
+
+
 def validate_offline(obj: Obj) -> None:
     """Validate against the Kubernetes OpenAPI schemas shipped in kubernetes-validate (strict: unknown
     fields fail too), for the oldest supported and the newest Kubernetes."""

@@ -17,6 +17,7 @@ from deploy_helpers import (
     cpu_millicores,
     env_of,
     helm_module,
+    ingress_by_port,
     memory_mib,
     one,
     render_chart,
@@ -36,8 +37,8 @@ PROFILES = {
 }  # fmt: skip
 
 EXPECTED_KINDS = [
-    "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
-    "Service", "ServiceAccount",
+    "ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Role",
+    "RoleBinding", "Service", "ServiceAccount",
 ]  # fmt: skip
 STANDARD_LABELS = (
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -84,6 +85,10 @@ def test_default_env_is_ehcs_own_defaults_and_every_setting_is_set() -> None:
     assert set(env) == {s.env for s in ehc_settings.SETTINGS}
     assert env["POD_NAME"] == "valueFrom:metadata.name"
     assert env["POD_NAMESPACE"] == "valueFrom:metadata.namespace"
+    # Peers on: hot standbys that give the leader a second opinion, reached at the pod's own IP.
+    assert env["POD_IP"] == "valueFrom:status.podIP"
+    assert (env["EHC_HOT_STANDBY"], env["EHC_SECOND_OPINION"]) == ("true", "true")
+    assert env["EHC_PEER_ADDRESS"] == ":9091"
     got = ehc_accepts(env)
     defaults = ehc_settings.load(None, {"POD_NAME": "ehc-0", "POD_NAMESPACE": "ehc"})
     # The chart logs JSON (ehc's default is text, for terminals); everything else is ehc's default.
@@ -139,7 +144,10 @@ def test_workers_and_profile_reach_the_deployment(workers: int, profile: str, ho
 def test_probes_ports_priority_affinity_and_grace_period() -> None:
     objects, _ = render_chart()
     c = container(objects)
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "peer", "containerPort": 9091, "protocol": "TCP"},
+    ]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert env_of(objects)["EHC_METRICS_ADDRESS"] == ":9090"
@@ -202,8 +210,9 @@ def test_explicit_settings_win_over_the_profile_and_everything_is_configurable()
     assert "priorityClassName" not in spec
     kinds = sorted(o["kind"] for o in objects)
     assert "PodDisruptionBudget" not in kinds
+    # The Leases (the leader's, "ehc-lock", and the members', named after the pods) in "ops" only.
     role = one([o for o in objects if o["metadata"].get("namespace") == "ops"], "Role")
-    assert ["ehc-lock"] in [r.get("resourceNames") for r in role["rules"]]
+    assert [(r["resources"], r.get("resourceNames")) for r in role["rules"]] == [(["leases"], None)]
     # The ServiceMonitor (a CRD, so not in the OpenAPI schemas) scrapes the metrics Service's port.
     monitor = one(objects, "ServiceMonitor")
     service = one(objects, "Service")
@@ -226,7 +235,7 @@ def test_image_digest_and_disabled_parts() -> None:
         "metrics": {"service": {"enabled": False}},
     }
     objects, _ = render_chart(values)
-    assert sorted(o["kind"] for o in objects) == ["Deployment", "PodDisruptionBudget"]
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "NetworkPolicy", "PodDisruptionBudget"]
     assert container(objects)["image"] == f"endpoint-health-checker@{digest}"
     assert pod_spec(objects)["serviceAccountName"] == "existing"
 
@@ -252,6 +261,11 @@ def test_image_digest_and_disabled_parts() -> None:
         ({"selectorless": {"enabled": "yes"}}, "/selectorless/enabled"),
         ({"selectorless": {"namespaces": ["Data"]}}, "/selectorless/namespaces/0"),
         ({"selectorless": {"namespaces": "data"}}, "/selectorless/namespaces"),
+        ({"settings": {"secondOpinion": "yes"}}, "/settings/secondOpinion"),
+        ({"peers": {"enabled": "yes"}}, "/peers/enabled"),
+        ({"peers": {"port": 0}}, "/peers/port"),
+        ({"peers": {"address": ":9091"}}, "address"),
+        ({"peers": {"networkPolicy": {"metricsFrom": {}}}}, "/peers/networkPolicy/metricsFrom"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:
@@ -259,6 +273,57 @@ def test_schema_rejects_bad_values(values: dict[str, Any], where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match="schema") as exc:
         render_chart(values)
     assert where in str(exc.value)
+
+
+def test_the_network_policy_admits_only_ehcs_own_pods_to_the_peer_port() -> None:
+    objects, _ = render_chart()
+    policy = one(objects, "NetworkPolicy")
+    selector = one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["metadata"]["namespace"] == "endpoint-health-checker"
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+    # The peer port from ehc's own pods (a podSelector alone: this namespace only); the metrics
+    # port (and the kubelet's probes on it) from anywhere; nothing else.
+    assert ingress_by_port(policy) == {9091: [{"podSelector": {"matchLabels": selector}}], 9090: None}
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert ports == {"metrics": 9090, "peer": 9091}
+
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    values = {"peers": {"port": 7946, "networkPolicy": {"metricsFrom": scrapers}}, "metrics": {"port": 8080}}
+    objects, notes = render_chart(values)
+    policy = one(objects, "NetworkPolicy")
+    validate_offline(policy)
+    assert ingress_by_port(policy) == {7946: [{"podSelector": {"matchLabels": selector}}], 8080: scrapers}
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert ports == {"metrics": 8080, "peer": 7946}
+    env = env_of(objects)
+    assert env["EHC_PEER_ADDRESS"] == ":7946"
+    assert ehc_accepts(env).peer_address == ":7946"
+    assert "7946" in notes
+
+    objects, _ = render_chart({"peers": {"networkPolicy": {"enabled": False}}})
+    assert "NetworkPolicy" not in [o["kind"] for o in objects]
+    assert env_of(objects)["EHC_PEER_ADDRESS"] == ":9091"
+
+
+def test_peers_off_means_no_peer_address_port_or_policy() -> None:
+    objects, notes = render_chart({"peers": {"enabled": False}, "settings": {"hotStandby": False}})
+    assert "NetworkPolicy" not in [o["kind"] for o in objects]
+    assert [p["name"] for p in container(objects)["ports"]] == ["metrics"]
+    env = env_of(objects)
+    assert (env["EHC_PEER_ADDRESS"], env["EHC_HOT_STANDBY"]) == ("", "false")
+    assert env["POD_IP"] == "valueFrom:status.podIP"  # harmless without peers
+    settings = ehc_accepts(env)
+    assert (settings.peer_address, settings.hot_standby) == ("", False)
+    assert ehc_settings.concerns(settings) == []  # a second opinion without peers is no concern
+    assert "member Lease" not in notes
+
+
+def test_peer_and_metrics_ports_must_differ() -> None:
+    helm = helm_module()
+    with pytest.raises(helm.HelmRenderError, match="must differ"):
+        render_chart({"peers": {"port": 9090}})
+    objects, _ = render_chart({"peers": {"enabled": False, "port": 9090}})  # no peer listener: fine
+    assert env_of(objects)["EHC_PEER_ADDRESS"] == ""
 
 
 def test_helm_lint_is_clean() -> None:

@@ -14,6 +14,7 @@ from deploy_helpers import (
     container,
     cpu_millicores,
     env_of,
+    ingress_by_port,
     kustomize,
     kustomize_with_components,
     memory_mib,
@@ -95,6 +96,27 @@ def test_overlay_is_what_its_environment_needs(overlay: str) -> None:
         assert cpu_millicores(requests["cpu"]) >= 200 + 750 * settings.workers
         assert memory_mib(requests["memory"]) >= 128 + 64 * settings.workers
     assert "cpu" not in c["resources"].get("limits", {})
+
+
+@pytest.mark.parametrize("tree", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_peers_are_on_and_only_ehcs_own_pods_reach_the_peer_port(tree: str) -> None:
+    objects = kustomize(tree)
+    env = env_of(objects)
+    assert (env["EHC_HOT_STANDBY"], env["EHC_SECOND_OPINION"]) == ("true", "true")
+    assert env["POD_IP"] == "valueFrom:status.podIP"
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert ports == {"metrics": 9090, "peer": 9091}
+    assert env["EHC_PEER_ADDRESS"] == f":{ports['peer']}"
+    assert env["EHC_METRICS_ADDRESS"] == f":{ports['metrics']}"
+    settings = settings_of(objects)
+    assert (settings.hot_standby, settings.second_opinion, settings.peer_address) == (True, True, ":9091")
+    deploy = one(objects, "Deployment")
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    policy = one(objects, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == deploy["metadata"]["namespace"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+    # The peer port from ehc's own pods (this namespace only), the metrics port from anywhere.
+    assert ingress_by_port(policy) == {9091: [{"podSelector": {"matchLabels": selector}}], 9090: None}
 
 
 def test_overlays_differ_from_each_other() -> None:

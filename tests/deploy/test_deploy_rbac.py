@@ -1,8 +1,9 @@
 """RBAC is exactly what ehc uses: a real ``ehc run`` against the simulated API server does everything
 it ever does (lists and watches pods, writes the gate's first value, ejects the pods of a node that
 went dark with a status patch and an Event, campaigns for, renews and, on SIGTERM, releases its
-Lease); every request the server sees is recorded and turned into (API group, resource, verb), and
-that set must equal what the chart's ClusterRole and Role grant, and what the kustomize base grants."""
+Lease; with peers on, creates, renews and lists its member Lease and deletes it on SIGTERM); every
+request the server sees is recorded and turned into (API group, resource, verb), and that set must
+equal what the chart's ClusterRole and Role grant, and what the kustomize base grants."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ import asyncio
 import copy
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
 import pytest
 from aiohttp import web
-from deploy_helpers import kustomize, kustomize_with_components, one, render_chart
+from deploy_helpers import container, env_of, kustomize, kustomize_with_components, one, render_chart
 from helpers import conditions_are, until
 
 from ehc.sim import SimCluster
 
 LEASE_NAMESPACE = "kube-system"
 LEASE_NAME = "endpoint-health-checker-leader"
+IDENTITY = "ehc-a"
+MEMBER_LEASE = f"{LEASE_NAME}-{IDENTITY}"  # the replica's member Lease: <LEASE_NAME>-<pod name>
 FAST = ["--interval", "300ms", "--timeout", "200ms", "--retry-count", "1", "--confirm-spacing", "20ms",
         "--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--metrics-address", "",
         "--failsafe-min-targets", "1000"]  # fmt: skip
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+LEASE_VERBS = {("coordination.k8s.io", "leases", v) for v in ("get", "list", "create", "update", "delete")}
 
 
 def rbac_request(method: str, path: str, query: dict[str, str]) -> tuple[Grant, str, str] | None:
@@ -92,7 +97,15 @@ async def race_owner_edit(api: Any, plural: str, name: str) -> None:
     )
 
 
-async def record_ehc_run(selectorless: bool = False, witness: bool = False) -> list[tuple[Grant, str, str]]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def record_ehc_run(
+    selectorless: bool = False, witness: bool = False, peers: bool = True
+) -> list[tuple[Grant, str, str]]:
     sim = SimCluster(nodes=3, pods_per_node=6, netns=False, kubelet_delay=None)
     seen: list[tuple[str, str, dict[str, str]]] = []
     handle = sim.api._handle
@@ -108,6 +121,11 @@ async def record_ehc_run(selectorless: bool = False, witness: bool = False) -> l
         victim = "sim-node-000"
         assert gate and any(p.opted_in and p.ports for p in fleet.pods_on(victim))
         extra = ["--node-witness", "tcp"] if witness else []
+        # Peers on (the chart's default): a member Lease and the peer endpoint, reached at POD_IP.
+        if peers:
+            extra += ["--pod-ip", "127.0.0.1", "--peer-address", f"127.0.0.1:{free_port()}"]
+        else:
+            extra += ["--peer-address", ""]
         if selectorless:
             backend = next(p for p in fleet.pods_on(victim) if p.ports)
             opted_in_objects(api, backend, backend.ports[0])
@@ -117,7 +135,7 @@ async def record_ehc_run(selectorless: bool = False, witness: bool = False) -> l
             for plural, name in OPTED_IN:
                 api.faults.delay(1.0, count=1, verb="PATCH", path=f"/{plural}/{name}$")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig, "--identity", "ehc-a",
+            sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig, "--identity", IDENTITY,
             "--namespace", LEASE_NAMESPACE, "--lease-name", LEASE_NAME, *FAST, *extra,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
@@ -153,6 +171,11 @@ def recorded_witness() -> list[tuple[Grant, str, str]]:
     return asyncio.run(record_ehc_run(witness=True))
 
 
+@pytest.fixture(scope="module")
+def recorded_without_peers() -> list[tuple[Grant, str, str]]:
+    return asyncio.run(record_ehc_run(peers=False))
+
+
 SELECTORLESS = {(group, resource, verb) for group, resource in (("discovery.k8s.io", "endpointslices"), ("", "endpoints"))
                 for verb in ("get", "list", "watch", "patch")}  # fmt: skip
 
@@ -160,18 +183,23 @@ SELECTORLESS = {(group, resource, verb) for group, resource in (("discovery.k8s.
 def test_ehc_run_uses_pods_events_and_its_lease(recorded: list[tuple[Grant, str, str]]) -> None:
     used = {g for g, _, _ in recorded}
     # The run exercised every code path that talks to the API (a missing one would make the
-    # comparison below vacuous): watch, status patch, Event, and the Lease's whole life.
+    # comparison below vacuous): watch, status patch, Event, the leader Lease's whole life, and the
+    # member Lease's (created, renewed, listed with the group's, deleted on SIGTERM).
     assert used == {
         ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/status", "patch"), ("", "events", "create"),
-        ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "update"),
-    }  # fmt: skip
+    } | LEASE_VERBS  # fmt: skip
     for (group, resource, verb), namespace, name in recorded:
         if resource == "pods" and verb in ("list", "watch"):
             assert namespace == "", "pods are listed and watched cluster-wide"
         if group == "coordination.k8s.io":
             assert namespace == LEASE_NAMESPACE
-            assert name == ("" if verb == "create" else LEASE_NAME)
+            if verb in ("create", "list"):
+                assert name == ""
+            else:
+                assert name in (LEASE_NAME, MEMBER_LEASE), (verb, name)
+    # The member Lease is named after the pod, so no resourceNames can name it in advance.
+    lease_writes = {(v, n) for (g, _, v), _, n in recorded if g == "coordination.k8s.io"}
+    assert {("update", MEMBER_LEASE), ("delete", MEMBER_LEASE)} <= lease_writes
     # Events and status patches go to the pods' own namespaces, so they need a ClusterRole.
     assert {ns for (g, r, v), ns, _ in recorded if r in ("events", "pods/status")} - {LEASE_NAMESPACE}
 
@@ -188,11 +216,9 @@ def test_rbac_grants_exactly_what_ehc_uses(recorded: list[tuple[Grant, str, str]
     everywhere = {g for g, _, _ in recorded} - leases
     assert set(cluster) == everywhere
     assert all(names is None for names in cluster.values())
-    assert set(namespaced) == leases  # the Lease only in ehc's own namespace
-    # create cannot be limited to a name; get and update are limited to ehc's own Lease.
-    assert namespaced[("coordination.k8s.io", "leases", "create")] is None
-    assert namespaced[("coordination.k8s.io", "leases", "get")] == [LEASE_NAME]
-    assert namespaced[("coordination.k8s.io", "leases", "update")] == [LEASE_NAME]
+    assert set(namespaced) == leases  # Leases only in ehc's own namespace
+    # Member Leases are named after the pods: no resourceNames can restrict them.
+    assert all(names is None for names in namespaced.values())
     sa = one(objects, "ServiceAccount")["metadata"]
     for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
         binding = one(objects, kind)
@@ -247,3 +273,25 @@ def test_the_node_witness_uses_exactly_the_grants_of_its_chart_value_and_kustomi
     for objects in (chart, component):
         cluster = granted(one(objects, "ClusterRole")["rules"])
         assert set(cluster) == {g for g, _, _ in recorded_witness if g[0] != "coordination.k8s.io"}
+
+
+def test_without_peers_the_role_keeps_to_the_leader_lease(
+    recorded_without_peers: list[tuple[Grant, str, str]],
+) -> None:
+    """peers.enabled=false: no member Lease, so ehc creates, reads and renews the leader Lease alone,
+    and the Role names it; no list or delete, no NetworkPolicy, no peer port."""
+    leases = {g for g, _, _ in recorded_without_peers if g[0] == "coordination.k8s.io"}
+    assert leases == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    for (group, _, verb), _, name in recorded_without_peers:
+        if group == "coordination.k8s.io":
+            assert name == ("" if verb == "create" else LEASE_NAME)
+    objects, _ = render_chart({"leaderElection": {"leaseName": LEASE_NAME}, "peers": {"enabled": False}})
+    namespaced = granted(one(objects, "Role")["rules"])
+    assert set(namespaced) == leases
+    # create cannot be limited to a name; get and update are limited to ehc's own Lease.
+    assert namespaced[("coordination.k8s.io", "leases", "create")] is None
+    assert namespaced[("coordination.k8s.io", "leases", "get")] == [LEASE_NAME]
+    assert namespaced[("coordination.k8s.io", "leases", "update")] == [LEASE_NAME]
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert [p["name"] for p in container(objects)["ports"]] == ["metrics"]
+    assert env_of(objects)["EHC_PEER_ADDRESS"] == ""
