@@ -48,7 +48,8 @@ PROFILES: dict[str, dict[str, str]] = {
 
 SCENARIOS = (
     "steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
-    "api_trouble", "leader_failover", "leader_handover", "standby_steady", "worker_crash", "scale", "capacity",
+    "api_trouble", "leader_failover", "leader_handover", "standby_steady", "partition", "worker_crash", "scale",
+    "capacity",
 )  # fmt: skip
 BASELINE_TOO = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "pod_level", "loss", "flapping",
                 "api_trouble", "leader_failover", "scale"}  # fmt: skip
@@ -84,8 +85,8 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
         if args.node_witness != "off"
         else ()
     )
-    hot = ("--hot-standby",) if args.hot_standby else ()
-    ehc = ehc_spec(args.profile, args.workers, *witness, *hot)
+    cold = ("--hot-standby", "false") if args.cold_standby else ()
+    ehc = ehc_spec(args.profile, args.workers, *witness, *cold)
     per_pod = per_pod_spec(args.profile, args.workers)
     baseline = CheckerSpec("baseline")
     with_baseline = not args.no_baseline
@@ -142,6 +143,13 @@ def plan(args: argparse.Namespace, opts: Options) -> list[Step]:
             add(name, scenarios.standby_steady, warm + opts.steady_seconds, warm + opts.steady_seconds)
         elif name == "leader_handover":
             add(name, scenarios.failover, warm + 10, warm + 30, True)
+        elif name == "partition":  # ehc, and ehc deciding alone as before issue 15: no second opinion
+            alone = replace(ehc, args=(*ehc.args, "--second-opinion", "false"), name="no-second-opinion")
+            steps.extend(
+                Step(name, spec.name, partial(scenarios.partition, opts, spec, f"{name}-{i}"),
+                     warm + opts.partition_seconds + 20)
+                for spec in (ehc, alone) for i in range(args.repeat)
+            )  # fmt: skip
         elif name == "worker_crash":  # ehc only: the baseline has no workers
             crash = ehc_spec(args.profile, max(2, args.workers))
             steps.extend(
@@ -294,7 +302,7 @@ def build_report(args: argparse.Namespace, opts: Options, runs: dict[str, dict[s
         "workers": args.workers,
         "node_witness": args.node_witness,
         "node_heartbeat": args.node_heartbeat,
-        "hot_standby": args.hot_standby,
+        "hot_standby": not args.cold_standby,
         "fleet": {"nodes": opts.nodes, "pods_per_node": opts.pods_per_node},
         "repeat": {"ehc": args.repeat, "per-pod": 0 if args.no_per_pod else args.repeat,
                    "baseline": args.baseline_repeat},
@@ -329,11 +337,11 @@ def options(args: argparse.Namespace) -> Options:
     if args.quick:  # 1,000 pods, 7 opted in per node: the baseline finds a dead node's pods in one round
         opts = Options(nodes=100, pods_per_node=10, steady_seconds=4, loss=((2, 8.0),), trouble_seconds=6,
                        cap=20, scale_sizes=(500, 2_000), scale_workers=(1,), scale_seconds=3,
-                       flap_rounds=3, flap_cycles=1)  # fmt: skip
+                       flap_rounds=3, flap_cycles=1, partition_seconds=4)  # fmt: skip
     else:
         opts = Options(nodes=args.nodes, pods_per_node=args.pods_per_node, steady_seconds=args.steady_seconds,
                        loss=((2, args.loss_seconds), (5, args.loss_seconds)), cap=args.cap,
-                       trouble_seconds=args.trouble_seconds)  # fmt: skip
+                       trouble_seconds=args.trouble_seconds, partition_seconds=args.partition_seconds)  # fmt: skip
     opts.log_dir = Path(args.json).resolve().parent / "logs"
     opts.soak_minutes, opts.seed = args.soak_minutes, args.seed
     opts.backends_per_node = args.backends_per_node
@@ -369,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         help="ehc's node witness (EHC_NODE_WITNESS; the simulated nodes' kubelet ports refuse, which is "
         "an answer; default off, as ehc's)",
     )  # fmt: skip
-    p.add_argument("--hot-standby", action="store_true", help="ehc's standbys probe too (EHC_HOT_STANDBY)")
+    p.add_argument(
+        "--cold-standby", action="store_true",
+        help="ehc's standbys idle until they lead (EHC_HOT_STANDBY=false), as before issue 15",
+    )  # fmt: skip
     p.add_argument(
         "--node-heartbeat", default="100ms", help="with --node-witness: EHC_NODE_HEARTBEAT (default 100ms)"
     )
@@ -404,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         default=30.0,
         help="api_trouble: how long every single-pod request is refused (default 30)",
     )
+    p.add_argument(
+        "--partition-seconds", type=float, default=20.0,
+        help="partition: how long the leader's path to one node stays cut (default 20)",
+    )  # fmt: skip
     p.add_argument(
         "--cap",
         type=float,

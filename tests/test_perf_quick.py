@@ -39,7 +39,7 @@ def test_every_scenario_ran_for_both_checkers_where_planned(report: dict) -> Non
     sc = report["scenarios"]
     assert report["errors"] == []
     expected = {"steady_state", "power_off_1_node", "power_off_10pct_nodes", "loss_2pct", "flapping",
-                "api_trouble", "leader_failover", "worker_crash", "scale"}  # fmt: skip
+                "api_trouble", "leader_failover", "partition", "worker_crash", "scale"}  # fmt: skip
     assert expected <= sc.keys()
     assert "baseline" in sc["steady_state"] and "baseline" in sc["power_off_1_node"]
     assert report["node_monitor_grace_period_seconds"] == 40
@@ -120,3 +120,18 @@ def test_loss_flapping_trouble_failover_crash_and_scale(report: dict) -> None:
     assert sorted(p["pods"] for p in points) == [500, 2000]
     assert all(p["done_ratio"] > 0.9 for p in points)
     assert sc["scale"]["rss_bytes_per_target"]["worker"] is not None
+
+
+def test_a_peer_vetoes_the_ejections_a_partition_would_cause(report: dict) -> None:
+    """The leader's path to one node cut, the standby's intact: nothing ejected, said once; without a
+    second opinion every pod of that node goes.  Real power-offs are still found, cut or not."""
+    cut, alone = (
+        report["scenarios"]["partition"]["ehc"],
+        report["scenarios"]["partition"]["no-second-opinion"],
+    )
+    assert cut["ejected_while_cut"] == 0 and cut["other_pods_ejected_while_cut"] == 0
+    assert cut["vetoed"] == cut["cut_pods"] > 0 and cut["vetoed_events"] == 1
+    assert alone["ejected_while_cut"] == alone["cut_pods"] and alone["vetoed"] == 0
+    for figures in (cut, alone):
+        assert figures["power_off_not_detected"] == 0 and figures["power_off_wrongly_marked"] == 0
+    assert cut["cut_node_not_detected"] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -51,7 +52,8 @@ class CheckerSpec:
         if self.kind == "ehc":
             return [
                 sys.executable, "-m", "ehc", "run", *common, "--workers", str(self.workers),
-                "--metrics-address", f"127.0.0.1:{metrics_port}", "--log-level", "warning", *self.args,
+                "--metrics-address", f"127.0.0.1:{metrics_port}", "--peer-address", f"127.0.0.1:{metrics_port + 1000}",
+                "--log-level", "warning", *self.args,
             ]  # fmt: skip
         return [sys.executable, str(BASELINE_SCRIPT), *common, "--stats-interval", "1s",
                 "--log-level", "warning", *self.args]  # fmt: skip
@@ -80,14 +82,19 @@ class Snapshot:
     transitions: int = 0
     probes_by_worker: dict[str, int] = field(default_factory=dict)
     worker_pids: dict[str, int] = field(default_factory=dict)  # worker index -> pid of its last stats frame
+    peers: int = 0  # live peers the replica knows
+    vetoed: int = 0  # ejections a peer vetoed
     scraped: bool = False  # ehc's /metrics answered: its counters above are read, not left at 0
 
 
 class Replica:
     """One running checker process."""
 
-    def __init__(self, spec: CheckerSpec, sim: SimCluster, identity: str, log_dir: Path) -> None:
+    def __init__(
+        self, spec: CheckerSpec, sim: SimCluster, identity: str, log_dir: Path, *, group: int | None = None
+    ) -> None:
         self.spec = spec
+        self.group = group  # the unix group it runs as (its vantage for Fleet.cut); None: ours
         self.sim = sim
         self.identity = identity
         self.metrics_port = next(_metrics_ports)
@@ -107,6 +114,8 @@ class Replica:
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # uvloop (perf/run.py's loop) rejects ``group=``; setgid before exec is what it does.
+        extra = {} if self.group is None else {"preexec_fn": functools.partial(os.setgid, self.group)}
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.sim.exec_prefix(),
@@ -116,6 +125,7 @@ class Replica:
                 else asyncio.subprocess.DEVNULL,
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                **extra,
             )
         if self.spec.kind == "baseline":
             self._reader = asyncio.create_task(self._read_stats())
@@ -202,6 +212,10 @@ class Replica:
                     snap.pipe_bytes += int(value)
                 elif name == "ehc_leader":
                     snap.leader = value == 1
+                elif name == "ehc_peers":
+                    snap.peers = int(value)
+                elif name == "ehc_ejections_vetoed_total":
+                    snap.vetoed = int(value)
         return snap
 
     async def scrape(self, path: str = "/metrics") -> str:
@@ -225,9 +239,18 @@ class Replica:
 
 
 async def start_replicas(
-    spec: CheckerSpec, sim: SimCluster, count: int, log_dir: Path, tag: str
+    spec: CheckerSpec,
+    sim: SimCluster,
+    count: int,
+    log_dir: Path,
+    tag: str,
+    groups: Sequence[int] | None = None,
 ) -> list[Replica]:
-    replicas = [Replica(spec, sim, f"{tag}-{spec.name}-{i}", log_dir) for i in range(count)]
+    """Start ``count`` replicas; replica ``i`` runs as unix group ``groups[i]`` when given."""
+    replicas = [
+        Replica(spec, sim, f"{tag}-{spec.name}-{i}", log_dir, group=groups[i] if groups is not None else None)
+        for i in range(count)
+    ]
     for r in replicas:
         await r.start()
     return replicas

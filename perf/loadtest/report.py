@@ -143,6 +143,16 @@ def goals(report: Figures) -> list[Figures]:
     if rss and rss.get("coordinator") is not None:
         worst = max(v for v in rss.values() if v is not None)
         add("RSS <= 1 KB per target per process beyond its baseline", rss, worst <= 1024)
+    cut = get(sc.get("partition"), "ehc")
+    if cut:
+        add("leader's path to a node cut: 0 ejections, an Event and a metric; the node then off: found",
+            f"{cut['ejected_while_cut']} of {cut['cut_pods']} ejected, {cut['vetoed_events']} Event(s), "
+            f"{cut['vetoed']} vetoed; off: {get(cut, 'cut_node_power_off_detection_seconds.max')} s",
+            cut["ejected_while_cut"] == 0 and cut["vetoed_events"] >= 1 and cut["vetoed"] > 0
+            and cut["cut_node_not_detected"] == 0)  # fmt: skip
+        asked = get(cut, "power_off_detection_seconds.max")
+        if asked is not None:
+            add("node power-off with a peer asked first: last pod NotReady <= 1 s (max)", asked, asked <= 1.0)
     crash = get(sc.get("worker_crash"), "ehc")
     if crash:
         add("worker crash: 0 false transitions", crash["false_transitions"], crash["false_transitions"] == 0)
@@ -237,6 +247,18 @@ def table(report: Figures) -> str:
     row("soak: worker restarts", "soak", "worker_restarts")
     row("soak: worker stalls", "soak", "worker_stalls")
     row("soak: opted-in pods out of service at the end", "soak", "out_of_service_at_end")
+    cut = sc.get("partition") or {}
+    for label, path in (
+        ("pods ejected while cut", "ejected_while_cut"),
+        ("ejections vetoed", "vetoed"),
+        ("then another node off: detection max", "power_off_detection_seconds.max"),
+        ("then the cut node off: detection max", "cut_node_power_off_detection_seconds.max"),
+    ):
+        values = [get(cut.get(c), path) for c in ("ehc", "no-second-opinion")]
+        if any(v is not None for v in values):
+            rows.append(
+                (f"leader's path cut: {label} (ehc / no second opinion)", *(_fmt(v, "") for v in values))
+            )
     width = max((len(r[0]) for r in rows), default=10)
     head = ("", *CHECKERS, "ehc/per-pod")
     lines = [f"  {head[0]:<{width}}" + "".join(f"  {h:>12}" for h in head[1:])]

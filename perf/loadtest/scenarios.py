@@ -17,7 +17,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Options:
     flap_cycles: int = 3  # long outages per flapping pod
     loss: tuple[tuple[int, float], ...] = ((2, 600.0), (5, 600.0))  # (percent, seconds)
     trouble_seconds: float = 30.0
+    partition_seconds: float = 20.0
     cap: float = 150.0  # give up waiting for detections after this long (the baseline needs it)
     scale_sizes: tuple[int, ...] = (1_000, 5_000, 10_000, 20_000)
     scale_workers: tuple[int, ...] = (1, 2, 4)
@@ -57,6 +58,10 @@ class Options:
     seed: int = 1  # the soak's random faults
     log_dir: Path = Path("perf/out/logs")
     progress: Callable[[str], None] = field(default=lambda _text: None)
+
+
+PARTITION_GROUPS = (61_001, 61_002)
+"""Unix groups the two replicas of the partition scenario run as: each one's vantage for ``Fleet.cut``."""
 
 
 # ---- the cluster and the checker ---------------------------------------------------------------
@@ -73,7 +78,7 @@ def settle_gates(sim: SimCluster) -> None:
 @contextlib.asynccontextmanager
 async def running(
     opts: Options, spec: CheckerSpec, tag: str, *, replicas: int = 1, nodes: int | None = None,
-    pods_per_node: int | None = None, backends_per_node: int = 0,
+    pods_per_node: int | None = None, backends_per_node: int = 0, groups: Sequence[int] | None = None,
 ) -> AsyncIterator[tuple[SimCluster, list[Replica]]]:  # fmt: skip
     """A fresh settled cluster with ``replicas`` copies of the checker running, warmed up.  With
     ``backends_per_node``, external backends behind selectorless Services too, which ehc checks
@@ -86,7 +91,7 @@ async def running(
         selectorless = backends_per_node > 0 and spec.kind == "ehc"
         if selectorless:
             spec = replace(spec, args=(*spec.args, "--selectorless"))
-        reps = await start_replicas(spec, sim, replicas, opts.log_dir, tag)
+        reps = await start_replicas(spec, sim, replicas, opts.log_dir, tag, groups)
         try:
             await warm_up(sim, reps, opts, len(sim.fleet.externals()) if selectorless else 0)
             yield sim, reps
@@ -596,6 +601,59 @@ async def failover(opts: Options, spec: CheckerSpec, tag: str, graceful: bool = 
             "detection_seconds": quantiles(found),
             "not_detected_within_cap": len(missed),
             "wrongly_marked": len(wrong),
+            "samples": [round(x, 4) for x in found],
+        }
+
+
+async def partition(opts: Options, spec: CheckerSpec, tag: str) -> Figures:
+    """The leader's path to one node breaks silently while the standby's still works (each replica runs
+    as its own unix group: ``Fleet.cut``): its pods must stay in service.  Then, with the path healed,
+    another node powers off (the cost of asking a peer first), and finally the cut node powers off too
+    (the peer no longer sees it: ejected)."""
+    async with running(opts, spec, tag, replicas=2, groups=PARTITION_GROUPS) as (sim, reps):
+        leader = await leader_of(reps)
+        standby = next(r for r in reps if r is not leader)
+        deadline = time.monotonic() + 60
+        expected = len(sim.fleet.targets())
+        while not (
+            (await leader.snapshot()).peers >= 1 and ready(standby, await standby.snapshot(), expected)
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{tag}: the standby never probed everything, or the leader never saw it")
+            await asyncio.sleep(0.5)
+        cut_node, other = sim.fleet.nodes[1], sim.fleet.nodes[2]
+        cut_pods = {p.key for p in sim.fleet.pods_on(cut_node) if p.opted_in}
+        assert leader.group is not None
+        t0 = time.monotonic()
+        sim.fleet.cut(leader.group, cut_node)
+        opts.progress(f"{tag}: the leader's path to {cut_node} cut")
+        await asyncio.sleep(opts.partition_seconds)
+        during = await leader.snapshot()
+        falsely = taken_out(sim, t0)
+        vetoed_events = [
+            e for e in sim.api.write_log.entries
+            if e.mono >= t0 and e.resource == "events" and (e.body or {}).get("reason") == "EjectionVetoed"
+        ]  # fmt: skip
+        sim.fleet.cut(leader.group, cut_node, on=False)
+        await asyncio.sleep(3 * spec.interval)  # the leader hears the node again
+        faults = power_off(sim, [other])
+        found, missed, wrong = await detections(sim, faults, opts.cap)
+        sim.fleet.cut(leader.group, cut_node)
+        await asyncio.sleep(3 * spec.interval)  # cut again: vetoed again
+        dead = power_off(sim, [cut_node])
+        found_cut, missed_cut, _ = await detections(sim, dead, opts.cap)
+        return {
+            "cut_pods": len(cut_pods),
+            "cut_seconds": opts.partition_seconds,
+            "ejected_while_cut": len(falsely.keys() & cut_pods),
+            "other_pods_ejected_while_cut": len(falsely.keys() - cut_pods),
+            "vetoed": during.vetoed,
+            "vetoed_events": len(vetoed_events),
+            "power_off_detection_seconds": quantiles(found),
+            "power_off_not_detected": len(missed),
+            "power_off_wrongly_marked": len(wrong),
+            "cut_node_power_off_detection_seconds": quantiles(found_cut),
+            "cut_node_not_detected": len(missed_cut),
             "samples": [round(x, 4) for x in found],
         }
 
