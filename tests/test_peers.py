@@ -282,6 +282,24 @@ async def test_without_peers_an_ejection_goes_at_once_and_a_standby_holds_its_ow
     await standby.opinions.close()
 
 
+async def test_a_new_leader_asks_about_everything_it_held_in_one_question_per_peer() -> None:
+    asked: list[list[str]] = []
+
+    async def ask(keys: list[str], wait: float) -> dict[str, Opinion]:
+        asked.append(keys)
+        return dict.fromkeys(keys, Opinion.SILENT)
+
+    async with peer_server(ask) as address:
+        standby = Leader({"peer-1": address}, leading=False)
+        standby.fail("ns/a")
+        standby.fail("ns/b")
+        standby.leading = True
+        standby.decider.reconsider(standby.decider.unhealthy)
+        await until(lambda: standby.last("ns/a") == standby.last("ns/b") == Health.UNHEALTHY, "ejected")
+        assert [sorted(keys) for keys in asked] == [["ns/a", "ns/b"]]
+        await standby.opinions.close()
+
+
 async def test_the_client_names_what_a_peer_did_wrong() -> None:
     client = PeerClient()
     with pytest.raises(PeerError, match=r"ClientConnectorError|ConnectionRefused"):

@@ -110,10 +110,18 @@ class SecondOpinion:
         self._to_ask.update(
             k for k in keys if (c := self._cases.get(k)) is None or now - c.asked >= REASK_EVERY
         )
-        if self._flush is None and self._to_ask:
-            self._flush = asyncio.get_running_loop().call_later(ASK_BATCH, self._ask_now)
+        self._ask_soon(ASK_BATCH)
+
+    def _ask_soon(self, delay: float) -> None:
+        """Ask about everything wanted in ``delay`` seconds, or sooner if already due sooner."""
+        if self._to_ask and (self._flush is None or delay == 0):
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = asyncio.get_running_loop().call_later(delay, self._ask_now)
 
     def _ask_now(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
         self._flush = None
         keys, self._to_ask = sorted(self._to_ask), set()
         peers = self._peers()
@@ -174,7 +182,7 @@ class SecondOpinion:
         if case is None or now - case.asked > FRESH_FOR:
             self._held.add(key)
             self._to_ask.add(key)
-            self._ask_now()
+            self._ask_soon(0)  # with every other ruling of this turn of the loop: one question per peer
             return Ruling.HOLD
         if case.up:
             node = self._node_of(key) or key

@@ -8,7 +8,8 @@ next to ``/metrics``.
 
 **Bounded.**  A body over ``MAX_BODY`` bytes, more than ``MAX_KEYS`` keys or a wait outside
 (0, ``MAX_WAIT``] is refused with 4xx and a reason; more than ``RATE`` questions a second (``BURST``
-at once) or ``MAX_IN_FLIGHT`` open questions answer 429.  So a question costs at most one extra
+at once) or ``MAX_IN_FLIGHT`` open questions answer 429 (a leader gathers its doubts into at most 50
+questions a second).  So a question costs at most one extra
 attempt on targets this replica already probes, at a bounded rate.
 
 **Safe by direction.**  An answer can only veto an ejection (``ehc.coordinator.opinions``); a caller
@@ -38,8 +39,8 @@ PATH = "/v1/opinions"
 MAX_BODY = 1024 * 1024
 MAX_KEYS = 10_000
 MAX_WAIT = 2.0
-RATE = 50.0
-BURST = 100
+RATE = 100.0
+BURST = 200
 MAX_IN_FLIGHT = 16
 _NAMES = {o: o.name.lower() for o in Opinion}
 _BY_NAME = {name: o for o, name in _NAMES.items()}
