@@ -213,6 +213,25 @@ async def test_is_leader_follows_the_injected_clock() -> None:
         await until(lambda: bool(a.events("stopped")), limit=3)
 
 
+async def test_a_standby_looks_again_the_moment_the_observed_lease_expires() -> None:
+    """While the holder renews, a standby looks every retry period; once the record stops changing,
+    its next look is at the lease's expiry, not up to a retry period after it."""
+    now = [1000.0]
+    async with cluster() as sim, candidates(sim, "a") as ([a], _):
+        await until(a.elector.is_leader)
+        b = LeaderElector(
+            await make_api_client(sim.kubeconfig), namespace=NS, name=LEASE, identity="b",
+            clock=lambda: now[0], **FAST,
+        )  # fmt: skip
+        assert not await b._try_acquire_or_renew(1.0)  # observed a's record at now[0]
+        assert FAST["retry_period"] <= b._until_next_try() <= 1.2 * FAST["retry_period"]
+        now[0] += FAST["lease_duration"] - 0.05  # the record has not changed since: 50 ms to expiry
+        assert 0.05 < b._until_next_try() < 0.06
+        now[0] += 1.0
+        assert b._until_next_try() < 0.01  # expired: look now
+        await b._api.close()
+
+
 @pytest.mark.parametrize(
     ("lease_duration", "renew_deadline", "retry_period"), [(2, 2, 0.5), (4, 2, 2), (4, 2, 0)]
 )

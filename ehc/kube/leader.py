@@ -22,7 +22,8 @@
 Requests go through ``ehc.kube.request``: the lease is read and written as plain JSON, so the
 MicroTime fields keep exactly the format the API server uses.
 
-Failed attempts are retried every ``retry_period`` (× 1.0–1.2 jitter while acquiring), client-go's
+Failed attempts are retried every ``retry_period`` (× 1.0–1.2 jitter while acquiring; sooner when the
+observed lease expires before that, so a standby replaces a dead leader at the expiry), client-go's
 cadence, not the exponential ``Backoff``: a standby must look at the lease at a steady pace to take
 over soon after it expires, and a leader must retry its renewal before the renew deadline passes;
 a backoff that grows would break both bounds.  One small request per ``retry_period`` per candidate
@@ -55,6 +56,7 @@ Callback = Callable[[], Awaitable[None] | None]
 _SAY_EVERY = 30.0
 _GIVE_UP_BACKOFF = (1.0, 60.0)  # before campaigning again after a term whose work failed
 _STABLE_TERM = 60.0  # a term that lasted this long resets that backoff
+_PAST_EXPIRY = 0.005  # looked at this long after the observed lease's expiry, it has surely expired
 _HINTS = {
     401: "ehc's credentials were refused: check its service account token",
     403: "ehc may not use this Lease: its Role in the Lease's namespace must grant leases get, create "
@@ -247,7 +249,17 @@ class LeaderElector:
         while True:
             if await self._attempt(self.renew_deadline):
                 return
-            await asyncio.sleep(self.retry_period * random.uniform(1.0, 1.2))
+            await asyncio.sleep(self._until_next_try())
+
+    def _until_next_try(self) -> float:
+        """client-go's jittered retry period, or less: until the observed lease expires.  A holder that
+        renews moves its expiry a lease duration ahead every renewal, so this changes nothing while it
+        lives; once it stops, the lease is taken the moment it expires, not up to a retry period later."""
+        wait = self.retry_period * random.uniform(1.0, 1.2)
+        if self._observed is not None and self._observed[0] and self._observed[0] != self.identity:
+            expires = self._observed_at + (self._observed[1] or self.lease_duration) - self._clock()
+            wait = min(wait, max(0.0, expires) + _PAST_EXPIRY)
+        return wait
 
     async def _renew(self) -> None:
         """Renew every retry_period; return once the renew deadline passed without success."""
