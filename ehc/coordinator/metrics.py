@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ehc.coordinator.settings import parse_address
+from ehc.coordinator.http import listen
 from ehc.kube.writes import Write
 from ehc.wire.checks import KINDS
 from ehc.wire.messages import LATENCY_BUCKETS
@@ -277,12 +277,4 @@ async def serve(controller: Controller, address: str) -> web.AppRunner:
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, port = parse_address(address)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    return await listen(app, address)

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 
 from ehc.coordinator.peers import PeerClient, PeerError
+from ehc.wire.logs import Every
 from ehc.wire.messages import Opinion
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class SecondOpinion:
         self._to_ask: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._said_at: dict[str, float] = {}
+        self._saying: dict[str, Every] = {}  # per peer: its failures said once per _SAY_EVERY
         self.vetoes = 0  # ejections vetoed (once per target per suspected partition)
         self.asked: dict[str, int] = {"answered": 0, "failed": 0}  # questions to peers, by outcome
 
@@ -236,7 +236,6 @@ class SecondOpinion:
         await self._client.close()
 
     def _say(self, about: str, what: str) -> None:
-        now = self._clock()
-        if now - self._said_at.get(about, -math.inf) >= _SAY_EVERY:
-            self._said_at[about] = now
-            log.warning("%s", what)
+        saying = self._saying.setdefault(about, Every(_SAY_EVERY, self._clock))
+        if (more := saying.due()) is not None:
+            log.warning("%s%s", what, more)

@@ -30,7 +30,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from ehc.coordinator.settings import parse_address
+from ehc.coordinator.http import listen
 from ehc.wire.messages import Opinion
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,7 @@ class PeerServer:
         """Listen on ``HOST:PORT`` (``:PORT``: every address).  Raises OSError when it cannot."""
         app = web.Application(client_max_size=MAX_BODY)
         app.add_routes([web.post(PATH, self._handle)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, port = parse_address(address)
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await listen(app, address)
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -49,6 +49,7 @@ import msgspec
 from kubernetes_asyncio.client import ApiClient
 
 from ehc.kube.request import ApiError, Backoff, api_path, request
+from ehc.wire.logs import Every
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,7 @@ class LeaderElector:
         self._run_task: asyncio.Task[None] | None = None
         self._leading_task: asyncio.Task[Any] | None = None
         self._give_up_backoff = Backoff(*_GIVE_UP_BACKOFF)
-        self._said_at = -math.inf  # when a lease failure was last logged
-        self._unsaid = 0  # failures since then
+        self._saying = Every(_SAY_EVERY, clock)  # lease failures: one line per _SAY_EVERY
         self.observed_holder = ""  # the holder named by the lease as last seen (for logs, /readyz)
         self.previous_holder = ""  # the one before it (whom a new leader took over from)
         self.errors = 0  # failed lease requests
@@ -293,13 +293,10 @@ class LeaderElector:
         """Count a failed lease request and say so, at most once per ``_SAY_EVERY`` seconds."""
         self.errors += 1
         self.last_error = what
-        now = self._clock()
-        if now - self._said_at < _SAY_EVERY:
-            self._unsaid += 1
-            return
-        more = f" ({self._unsaid} more since the last report)" if self._unsaid else ""
-        log.warning("lease %s/%s: %s%s%s", self.namespace, self.name, what, f"; {hint}" if hint else "", more)
-        self._said_at, self._unsaid = now, 0
+        if (more := self._saying.due()) is not None:
+            log.warning(
+                "lease %s/%s: %s%s%s", self.namespace, self.name, what, f"; {hint}" if hint else "", more
+            )
 
     async def _try_acquire_or_renew(self, timeout: float) -> bool:
         """One round of client-go's tryAcquireOrRenew; an ``ApiError`` other than the 404 and 409

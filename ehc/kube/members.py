@@ -31,6 +31,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from ehc.kube.leader import micro_time
 from ehc.kube.request import ApiError, api_path, request
+from ehc.wire.logs import Every
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ class Membership:
         self._path = api_path("coordination.k8s.io", "v1", "leases", namespace=namespace, name=self.name)
         self._obj: dict[str, Any] | None = None
         self._seen: dict[str, _Seen] = {}  # lease name -> what we saw of it
-        self._said_at = -math.inf
-        self._unsaid = 0
+        self._saying = Every(_SAY_EVERY, clock)
         self.errors = 0
         self.last_error = ""
 
@@ -202,13 +202,9 @@ class Membership:
     def _failed(self, what: str, hint: str = "") -> None:
         self.errors += 1
         self.last_error = what
-        now = self._clock()
-        if now - self._said_at < _SAY_EVERY:
-            self._unsaid += 1
+        if (more := self._saying.due()) is None:
             return
-        more = f" ({self._unsaid} more since the last report)" if self._unsaid else ""
         log.warning(
             "member lease %s/%s: %s%s%s; without it there is no second opinion",
             self.namespace, self.name, what, f"; {hint}" if hint else "", more,
         )  # fmt: skip
-        self._said_at, self._unsaid = now, 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -67,3 +69,23 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
         sys.__excepthook__(kind, exc, tb)
         return
     logging.getLogger("ehc").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+class Every:
+    """Says a repeated failure at most once per ``seconds``: when a line is due, ``due()`` gives the
+    suffix counting the ones left unsaid since the last (often ""); otherwise None, and counts it."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._said_at = -math.inf
+        self._unsaid = 0
+
+    def due(self) -> str | None:
+        now = self._clock()
+        if now - self._said_at < self._seconds:
+            self._unsaid += 1
+            return None
+        more = f" ({self._unsaid} more since the last report)" if self._unsaid else ""
+        self._said_at, self._unsaid = now, 0
+        return more
