@@ -5,6 +5,8 @@
 Every replica watches, but only the Lease holder writes.  With a *hot standby* (``EHC_HOT_STANDBY``) every
 replica also probes from the start, so the one that takes the lease writes at once what its own
 probes already know; without it, only the leader runs workers, started from what the objects show.
+Replicas find each other by their member Leases (``Membership``), and before ejecting the leader
+asks its live peers (``SecondOpinion``): a peer that saw the target answer vetoes the ejection.
 Leadership has terms: losing the lease (or SIGTERM) drops every queued write, so nothing wanted in
 one term is sent in a later one unless it is wanted again then.  A cold replica also stops its
 workers and forgets every verdict; a hot one keeps probing, and its verdicts stay those of its own
