@@ -94,6 +94,27 @@ async def test_a_member_whose_leases_are_refused_says_what_to_grant(caplog: pyte
             assert a.peers() == {}
 
 
+async def test_a_member_lease_that_does_not_decode_is_said_and_costs_only_the_peers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with api_only() as sim, members(sim, "ehc-a", "ehc-b") as ms:
+        a, task = ms["ehc-a"]
+        await until(lambda: "ehc-b" in a.peers(), "a sees b")
+        sim.api.leases.create({
+            "metadata": {"name": "odd", "namespace": NS, "labels": {MEMBER_LABEL: GROUP}},
+            "spec": {"holderIdentity": "odd", "leaseDurationSeconds": "soon"},
+        })  # fmt: skip
+        await until(lambda: a.errors >= 2, "the list refused as unreadable")
+        assert not task.done()  # ehc goes on
+        said = [r.getMessage() for r in caplog.records if r.name == "ehc.kube.members"]
+        assert any("unreadable answer" in m and "leaseDurationSeconds" in m for m in said)
+        await until(
+            lambda: a.peers() == {}, "its view of the peers expires: no second opinion, never a false one"
+        )
+        sim.api.leases.delete(NS, "odd")
+        await until(lambda: "ehc-b" in a.peers(), "a sees b again")
+
+
 def test_member_lease_names_are_valid_object_names() -> None:
     assert member_lease_name("ehc-leader", "Pod_A.1") == "ehc-leader-pod-a.1"
     assert len(member_lease_name("g", "x" * 400)) == 253

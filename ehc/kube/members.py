@@ -53,6 +53,29 @@ def member_lease_name(group: str, identity: str) -> str:
     return name[:253].rstrip("-.")
 
 
+class _Meta(msgspec.Struct):
+    name: str = ""
+    annotations: dict[str, str] | None = None
+
+
+class _Spec(msgspec.Struct):
+    holderIdentity: str | None = None  # the API's field names
+    leaseDurationSeconds: int | None = None
+    renewTime: str | None = None
+
+
+class _Lease(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+    spec: _Spec = msgspec.field(default_factory=_Spec)
+
+
+class _LeaseList(msgspec.Struct):
+    items: list[_Lease] | None = None
+
+
+_decode_list = msgspec.json.Decoder(_LeaseList).decode
+
+
 class _Seen(msgspec.Struct):
     record: tuple[Any, ...]
     since: float  # our clock when the record last changed
@@ -119,8 +142,11 @@ class Membership:
                     self._failed(str(exc), _HINT_403 if exc.status == 403 else "")
                 except TimeoutError:
                     self._failed(f"no answer within {self.renew_every * 2:g}s")
-                except (msgspec.DecodeError, TypeError, ValueError) as exc:
+                except msgspec.DecodeError as exc:
                     self._failed(f"unreadable answer: {exc}")
+                except Exception as exc:  # never the end of ehc: without members, no second opinion
+                    log.warning("member leases: unexpected error", exc_info=True)
+                    self._failed(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.renew_every)
 
     async def leave(self) -> None:
@@ -168,16 +194,14 @@ class Membership:
     async def _look(self) -> None:
         query = {"labelSelector": f"{MEMBER_LABEL}={self.group}"}
         data = await request(self._api, "GET", self._collection, query=query, timeout=self.renew_every * 2)
-        items = msgspec.json.decode(data, type=dict[str, Any]).get("items") or []
         now = self._clock()
         seen: dict[str, _Seen] = {}
-        for item in items:
-            meta, spec = item.get("metadata") or {}, item.get("spec") or {}
-            name = meta.get("name") or ""
-            identity = spec.get("holderIdentity") or ""
-            address = (meta.get("annotations") or {}).get(ADDRESS_ANNOTATION) or ""
-            record = (spec.get("renewTime"), identity, address)
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        for item in _decode_list(data).items or ():
+            name, spec = item.metadata.name, item.spec
+            identity = spec.holderIdentity or ""
+            address = (item.metadata.annotations or {}).get(ADDRESS_ANNOTATION) or ""
+            record = (spec.renewTime, identity, address)
+            duration = float(spec.leaseDurationSeconds or self.lease_duration)
             old = self._seen.get(name)
             since = old.since if old is not None and old.record == record else now
             seen[name] = _Seen(record, since, duration, identity, address)
