@@ -175,7 +175,7 @@ class SecondOpinion:
             return Ruling.HOLD  # a standby's verdicts wait until it leads, and are asked about then
         peers = self._peers()
         if not peers:
-            self._end_veto(key, "no peer left to ask")
+            self._end_veto(key, "no peer left to ask; its ejections go ahead")
             return Ruling.GO
         now = self._clock()
         case = self._cases.get(key)
@@ -195,13 +195,14 @@ class SecondOpinion:
         if case.waiting and now < case.asked + ASK_DEADLINE:
             self._held.add(key)
             return Ruling.HOLD
-        self._end_veto(key, "no peer sees it alive any more")
+        self._end_veto(key, "no peer sees it alive any more; its ejections go ahead")
         return Ruling.GO
 
-    def _end_veto(self, key: str, why: str) -> None:
+    def _end_veto(self, key: str, why: str, level: int = logging.WARNING) -> None:
+        """``key`` is no longer vetoed; said when it was the last of its node."""
         node = self._vetoed.pop(key, None)
         if node is not None and node not in self._vetoed.values():
-            log.warning("suspected partition to %s over: %s; its ejections go ahead", node, why)
+            log.log(level, "suspected partition to %s over: %s", node, why)
 
     async def reask(self) -> None:
         """Ask again about vetoed ejections every ``REASK_EVERY``, until cancelled (level-triggered: a
@@ -218,9 +219,7 @@ class SecondOpinion:
         self._cases.pop(key, None)
         self._held.discard(key)
         self._to_ask.discard(key)
-        node = self._vetoed.pop(key, None)
-        if node is not None and node not in self._vetoed.values():
-            log.info("suspected partition to %s over: its targets answer the leader again", node)
+        self._end_veto(key, "its targets answer the leader again", logging.INFO)
 
     def reset(self) -> None:
         """A new term: nothing asked or vetoed in an earlier one counts."""

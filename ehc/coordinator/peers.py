@@ -31,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from ehc.coordinator.http import listen
+from ehc.kube.writes import TokenBucket
 from ehc.wire.messages import Opinion
 
 log = logging.getLogger(__name__)
@@ -62,30 +63,13 @@ class PeerError(Exception):
     """A peer gave no usable answer: unreachable, too slow, refused, or garbage."""
 
 
-class _Bucket:
-    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 class PeerServer:
     """Answers peers' questions with ``ask``."""
 
     def __init__(self, identity: str, ask: Ask) -> None:
         self.identity = identity
         self._ask = ask
-        self._bucket = _Bucket(RATE, BURST)
+        self._bucket = TokenBucket(RATE, BURST, time.monotonic())
         self._in_flight = 0
         self._runner: web.AppRunner | None = None
         self.served: dict[str, int] = {"answered": 0, "refused": 0, "throttled": 0}
@@ -105,7 +89,7 @@ class PeerServer:
         return web.Response(status=status, text=why + "\n")
 
     async def _handle(self, request: web.Request) -> web.Response:
-        if self._in_flight >= MAX_IN_FLIGHT or not self._bucket.take():
+        if self._in_flight >= MAX_IN_FLIGHT or self._bucket.take(time.monotonic()) > 0:
             return self._refuse(429, "too many questions")
         try:
             q = msgspec.json.decode(await request.read(), type=Question)

@@ -377,24 +377,23 @@ class WorkerPool:
             else:
                 batches.setdefault(index, []).append(key)
         loop = asyncio.get_running_loop()
-        waiting: list[asyncio.Future[dict[str, Opinion]]] = []
+        asked: list[int] = []
         for index, batch in batches.items():
             proc = self._procs[index]
             if proc is None or not proc.alive:
                 continue
             self._question_ids += 1
-            future = self._questions[self._question_ids] = loop.create_future()
+            self._questions[self._question_ids] = loop.create_future()
             proc.send(Ask(id=self._question_ids, keys=batch, wait=wait))
-            waiting.append(future)
-        if waiting:
-            await asyncio.wait(waiting, timeout=wait + ANSWER_SLACK)
-        for future in waiting:
+            asked.append(self._question_ids)
+        if asked:
+            await asyncio.wait([self._questions[i] for i in asked], timeout=wait + ANSWER_SLACK)
+        for question in asked:
+            future = self._questions.pop(question)
             if future.done():
                 opinions.update(future.result())
             else:
                 future.cancel()
-        for question in [i for i, f in self._questions.items() if f.done()]:
-            del self._questions[question]
         return {key: opinions.get(key, Opinion.UNKNOWN) for key in keys}
 
     def __len__(self) -> int:
