@@ -53,6 +53,20 @@ class Decider:
         self.failsafe = False
 
     @property
+    def total(self) -> int:
+        return len(self._keys)
+
+    @property
+    def suspect_count(self) -> int:
+        """Targets believed up in an open failure episode, as the workers last counted them."""
+        return sum(self._suspects.values())
+
+    @property
+    def dark(self) -> int:
+        """What the fail-safe weighs: targets unhealthy or suspect."""
+        return len(self._unhealthy) + self.suspect_count
+
+    @property
     def held(self) -> int:
         """Ejections the fail-safe is holding back right now."""
         return len(self._unhealthy) if self.failsafe else 0
@@ -117,8 +131,7 @@ class Decider:
     def _check_failsafe(self, cause: str = "") -> None:
         """Engage or release the fail-safe; on a change, give every unhealthy target but ``cause`` (whose
         caller gives its verdict itself) its verdict again."""
-        total = len(self._keys)
-        dark = len(self._unhealthy) + sum(self._suspects.values())
+        total, dark = self.total, self.dark
         engaged = total >= self._min_targets and dark > self._share * total
         if engaged == self.failsafe:
             return

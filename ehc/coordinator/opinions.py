@@ -169,6 +169,14 @@ class SecondOpinion:
 
     # ---- ejections ----------------------------------------------------------------------------------
 
+    def holding(self, key: str) -> str:
+        """Why ``key``'s ejection is held by the second opinion ("" : it is not), for the status page."""
+        if key in self._vetoed:
+            return "a peer sees it alive: a suspected partition between the leader and it"
+        if key in self._held:
+            return "asking peers for a second opinion"
+        return ""
+
     def ruling(self, key: str) -> Ruling:
         """May ``key`` be ejected now?"""
         if not self._leading():

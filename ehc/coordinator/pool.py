@@ -38,6 +38,8 @@ from ehc.wire.messages import (
     Health,
     Hello,
     Init,
+    Inspect,
+    Inspection,
     NodeVerdict,
     Opinion,
     Remove,
@@ -45,6 +47,7 @@ from ehc.wire.messages import (
     Stop,
     Suspects,
     Target,
+    ToWorker,
     Transition,
     Transitions,
     Upsert,
@@ -129,7 +132,7 @@ class _WorkerProcess(asyncio.SubprocessProtocol):
         self.exited.set_result(code if code is not None else -1)
         self.pool._on_exit(self, code)
 
-    def send(self, message: Init | Upsert | Remove | Witnesses | Ask | Stop) -> None:
+    def send(self, message: ToWorker) -> None:
         if self.alive and self.transport is not None:
             stdin = self.transport.get_pipe_transport(0)
             if stdin is not None and not stdin.is_closing():
@@ -174,6 +177,7 @@ class WorkerPool:
         self._on_node = on_node
         self._on_doubts = on_doubts
         self._questions: dict[int, asyncio.Future[dict[str, Opinion]]] = {}
+        self._inspections: dict[int, asyncio.Future[Inspection]] = {}
         self._question_ids = 0
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
@@ -363,6 +367,10 @@ class WorkerPool:
         t = self._targets.get(key)
         return t.node if t is not None else ""
 
+    def ip_of(self, key: str) -> str:
+        t = self._targets.get(key)
+        return t.ip if t is not None else ""
+
     async def ask(self, keys: Iterable[str], wait: float) -> dict[str, Opinion]:
         """What this replica's own probes say of ``keys`` now: each is probed at once by its worker,
         and judged on attempts started since (``Engine.ask``).  Keys not probed here, or whose worker
@@ -396,6 +404,38 @@ class WorkerPool:
                 future.cancel()
         return {key: opinions.get(key, Opinion.UNKNOWN) for key in keys}
 
+    async def inspect(self, limit: int, timeout: float = 1.0) -> tuple[list[Inspection], list[int]]:
+        """Every live worker's census of its nodes and doubts (``Engine.inspect``), and the workers
+        that gave none within ``timeout`` (down, or too busy to answer)."""
+        loop = asyncio.get_running_loop()
+        asked: dict[int, int] = {}
+        for index, proc in enumerate(self._procs):
+            if proc is not None and proc.alive:
+                self._question_ids += 1
+                self._inspections[self._question_ids] = loop.create_future()
+                proc.send(Inspect(id=self._question_ids, limit=limit))
+                asked[index] = self._question_ids
+        if asked:
+            await asyncio.wait([self._inspections[i] for i in asked.values()], timeout=timeout)
+        got, missing = [], [i for i in range(self.size) if i not in asked]
+        for index, question in asked.items():
+            future = self._inspections.pop(question)
+            if future.done():
+                got.append(future.result())
+            else:
+                future.cancel()
+                missing.append(index)
+        return got, sorted(missing)
+
+    def unhealthy(self) -> list[str]:
+        """Targets whose probes last said unhealthy (reported, or the health they were started from)."""
+        health = self._health
+        return [k for k, t in self._targets.items() if health.get(k, t.health) == Health.UNHEALTHY]
+
+    def up(self, index: int) -> bool:
+        proc = self._procs[index]
+        return proc is not None and proc.alive and proc.probing
+
     def __len__(self) -> int:
         return len(self._targets)
 
@@ -425,6 +465,10 @@ class WorkerPool:
             future = self._questions.get(msg.id)
             if future is not None and not future.done():
                 future.set_result({k: v for k, v in msg.opinions.items() if self._owner.get(k) == proc.index})
+        elif isinstance(msg, Inspection):
+            inspection = self._inspections.get(msg.id)
+            if inspection is not None and not inspection.done():
+                inspection.set_result(msg)
         elif isinstance(msg, Suspects):
             if self._on_suspects is not None:
                 self._on_suspects(proc.index, msg.count)

@@ -45,7 +45,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -75,6 +75,11 @@ class Write(Protocol):
         """It takes something out of service: sent before every other write that is ready."""
         ...
 
+    @property
+    def summary(self) -> str:
+        """What it writes, in a few words (for the status page)."""
+        ...
+
     async def send(self, api: ApiClient, timeout: float) -> None:
         """Make the request; raise ``ApiError`` when it does not land."""
 
@@ -100,8 +105,19 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
+class Waiting(NamedTuple):
+    """A write not yet landed, as the status page shows it."""
+
+    key: str
+    summary: str
+    age: float  # seconds since it was submitted
+    attempts: int
+    sending: bool
+    error: str  # why its last attempt failed ("" before any)
+
+
 class _Item:
-    __slots__ = ("attempts", "cancelled", "ready_at", "seq", "submitted", "urgent", "write")
+    __slots__ = ("attempts", "cancelled", "error", "ready_at", "seq", "submitted", "urgent", "write")
 
     def __init__(self, write: Write, submitted: float, ready_at: float, seq: int) -> None:
         self.write = write
@@ -111,6 +127,7 @@ class _Item:
         self.seq = seq
         self.attempts = 0
         self.cancelled = False
+        self.error = ""
 
 
 class WriteQueue:
@@ -165,6 +182,27 @@ class WriteQueue:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    def state(self, key: str) -> str | None:
+        """What is happening to ``key``'s write, for the status page (None: nothing queued or in flight)."""
+        item = self._inflight.get(key) or self._pending.get(key)
+        if item is None:
+            return None
+        sending = "sending" if self._inflight.get(key) is item else "queued"
+        tried = f", {item.attempts} attempt(s) failed, the last: {item.error}" if item.error else ""
+        return f"{sending} for {self._clock() - item.submitted:.1f}s{tried}"
+
+    def waiting(self, limit: int) -> tuple[list[Waiting], int]:
+        """The oldest ``limit`` writes queued or in flight (oldest first), and how many there are."""
+        items = [*self._inflight.values(), *(i for k, i in self._pending.items() if k not in self._inflight)]
+        now = self._clock()
+        oldest = heapq.nsmallest(limit, items, key=lambda i: i.submitted)
+        rows = []
+        for i in oldest:
+            key = i.write.key
+            sending = self._inflight.get(key) is i
+            rows.append(Waiting(key, i.write.summary, now - i.submitted, i.attempts, sending, i.error))
+        return rows, len(items)
 
     def submit(self, w: Write) -> None:
         """Queue ``w``; a write still queued for the same object is replaced ("superseded")."""
@@ -360,6 +398,7 @@ class WriteQueue:
         """Put a not-yet-written write back, unless it was cancelled or a newer one is waiting."""
         key = item.write.key
         self._inflight.pop(key, None)
+        item.error = why
         if item.cancelled:
             pass
         elif key in self._pending:

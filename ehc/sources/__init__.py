@@ -10,7 +10,7 @@ Endpoints) are the sources; a new one is a new package here that fulfils ``Sourc
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ehc.kube.writes import Write
 from ehc.wire.checks import describe
@@ -25,6 +25,21 @@ def outcome(tr: Transition, ip: str) -> str:
         f"{'UNHEALTHY' if unhealthy else 'healthy'}: {describe(tr.check, ip)} "
         f"{'failed' if unhealthy else 'answered'} after {tr.attempts} attempt(s){said}"
     )
+
+
+class TargetView(NamedTuple):
+    """One target as the status page shows it."""
+
+    object: str  # "Pod shop/web-1", "EndpointSlice shop/db-abc"
+    namespace: str
+    ip: str
+    address: str  # the checks, as the logs name them: "http 10.0.0.7:8080/healthz"
+    node: str
+    probe: str  # the probe kind(s): "tcp", "http+tcp"
+    shows: str  # what the object shows now: "Ready=False", "not ready"
+    verdict: Health  # what ehc wants it to show (UNKNOWN: no opinion, or an ejection held back)
+    evidence: Transition | None  # the transition behind an unhealthy verdict
+    write: str  # the key of the object's writes in the write queue
 
 
 class TargetSink(Protocol):
@@ -54,6 +69,9 @@ class Source(Protocol):
         """What the target's object should now say: HEALTHY (in service), UNHEALTHY (out of service)
         or UNKNOWN (no opinion: never decided, or an ejection the fail-safe holds back).  ``tr`` is
         the transition that caused it; None when the verdict only changed because of the fail-safe."""
+
+    def view(self, key: str) -> TargetView | None:
+        """The target ``key`` for the status page (None when it is not this source's)."""
 
     def resync(self) -> int:
         """Compare what every settled target's object should show with what the watch last showed, and

@@ -70,11 +70,19 @@ class Ask(msgspec.Struct, tag="ask"):
     wait: float
 
 
+class Inspect(msgspec.Struct, tag="inspect"):
+    """The status page's question: how every node of this worker stands, and which targets are in doubt
+    (at most ``limit`` of them named)."""
+
+    id: int
+    limit: int
+
+
 class Stop(msgspec.Struct, tag="stop"):
     pass
 
 
-ToWorker = Init | Upsert | Remove | Witnesses | Ask | Stop
+ToWorker = Init | Upsert | Remove | Witnesses | Ask | Inspect | Stop
 
 
 # ---- worker → coordinator -------------------------------------------------------------------------
@@ -107,6 +115,9 @@ class Transition(msgspec.Struct, frozen=True, array_like=True):
     attempts: int  # agreeing attempts in a row that decided it
     wall_time: float
     node: str = ""  # set when its node was judged down as a whole (see NodeVerdict), not the target alone
+    took: float = 0.0
+    """Seconds from the start of the first attempt that contradicted the old health to this verdict
+    (for a node's verdict, since the node went silent): how long detection took."""
 
     @property
     def kind(self) -> str:
@@ -148,6 +159,27 @@ class Answers(msgspec.Struct, tag="answers"):
     opinions: dict[str, Opinion]
 
 
+class NodeCensus(msgspec.Struct, frozen=True, array_like=True):
+    """How one node's targets in one worker stand, as its probes believe ("" : targets without a node)."""
+
+    node: str
+    targets: int
+    unhealthy: int
+    unknown: int
+    suspect: int  # believed up, in an open failure episode (their own, or the node's)
+    looking: bool  # a node episode is open: nothing heard from it since a silence began
+    heard_ago: float  # seconds since any of its targets (or its witness) last answered; -1: never
+
+
+class Inspection(msgspec.Struct, tag="inspection"):
+    """The answer to an ``Inspect``."""
+
+    id: int
+    nodes: list[NodeCensus]
+    suspects: list[str]  # at most the limit asked for
+    suspects_total: int
+
+
 class Suspects(msgspec.Struct, tag="suspects"):
     """How many of a worker's targets, believed up, are in an open failure episode right now.
 
@@ -165,6 +197,7 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     pid: int
     # By probe kind (a target mixing kinds counts under "a+b"); a new kind needs no new field.
     targets: dict[str, int]
+    health: dict[str, int] = {}  # by the health the probes believe: healthy, unhealthy, unknown
     probes: dict[str, int]
     failures: dict[str, int]
     in_flight: int
@@ -186,4 +219,4 @@ class Stats(msgspec.Struct, tag="stats", kw_only=True):
     rss_bytes: int
 
 
-FromWorker = Hello | Transitions | Answers | Suspects | Stats
+FromWorker = Hello | Transitions | Answers | Inspection | Suspects | Stats

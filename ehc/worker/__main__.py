@@ -26,6 +26,8 @@ from ehc.wire.messages import (
     Ask,
     Hello,
     Init,
+    Inspect,
+    Inspection,
     NodeVerdict,
     Opinion,
     Remove,
@@ -132,6 +134,9 @@ class Worker(asyncio.Protocol):
                     log.error("witness of node %s skipped: invalid address %r: %s", node, ip, exc)
         elif isinstance(msg, Ask):
             engine.ask(msg.keys, msg.wait, partial(self._answered, msg.id))
+        elif isinstance(msg, Inspect):
+            nodes, suspects, total = engine.inspect(msg.limit)
+            self._send(Inspection(id=msg.id, nodes=nodes, suspects=suspects, suspects_total=total))
         elif isinstance(msg, Stop):
             self.stop(0)
 
@@ -152,7 +157,7 @@ class Worker(asyncio.Protocol):
 
     # ---- output -------------------------------------------------------------------------------
 
-    def _send(self, msg: Hello | Transitions | Answers | Suspects | Stats) -> None:
+    def _send(self, msg: Hello | Transitions | Answers | Inspection | Suspects | Stats) -> None:
         if not self._out.is_closing():
             self._out.write(self._encoder.encode(msg))
 
@@ -203,10 +208,12 @@ class Worker(asyncio.Protocol):
         usage = resource.getrusage(resource.RUSAGE_SELF)
         lag = engine.lag
         witnesses, unheard = engine.witnesses
+        kinds, health = engine.census()
         stats = Stats(
             worker=worker,
             pid=os.getpid(),
-            targets=engine.target_counts,
+            targets=kinds,
+            health=health,
             probes=dict(engine.probes),
             failures=dict(engine.failures),
             in_flight=engine.in_flight,

@@ -62,7 +62,7 @@ from functools import partial
 from ehc.probe import FAIL, LOCAL_ERROR, OK, Prober, silent
 from ehc.probe.registry import PROBERS
 from ehc.wire.checks import Check, kind_of, target_kind
-from ehc.wire.messages import Health, NodeVerdict, Opinion, Target, Transition
+from ehc.wire.messages import Health, NodeCensus, NodeVerdict, Opinion, Target, Transition
 from ehc.wire.settings import ProbeSettings
 from ehc.worker.stats import LagWindow, LatencyHistogram
 
@@ -98,6 +98,7 @@ class _Target:
     __slots__ = (
         "asked",
         "checks",
+        "doubted",
         "family",
         "gen",
         "health",
@@ -120,6 +121,7 @@ class _Target:
         self.health = spec.health
         self.gen = 0  # bumped when an episode ends; results of older attempts are ignored
         self.votes = 0  # results in a row contradicting ``health``
+        self.doubted = 0.0  # when the first of them started (monotonic)
         self.slot = 0
         self.removed = False
         self.asked: list[_Question] | None = None  # open questions about it, answered by its next results
@@ -393,12 +395,45 @@ class Engine:
         ws = [n.witness for n in self._nodes.values() if n.witness is not None]
         return len(ws), sum(1 for w in ws if not w.heard)
 
-    @property
-    def target_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(PROBERS, 0)
+    def census(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Targets by probe kind, and by the health their probes believe."""
+        kinds = dict.fromkeys(PROBERS, 0)
+        health = [0, 0, 0]
         for t in self._targets.values():
-            counts[t.kind] = counts.get(t.kind, 0) + 1
-        return counts
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+            health[t.health] += 1
+        return kinds, {h.name.lower(): health[h] for h in Health}
+
+    def inspect(self, limit: int) -> tuple[list[NodeCensus], list[str], int]:
+        """How every node's targets stand, and the targets in doubt (at most ``limit`` named, and
+        how many there are): for the status page, which asks at most about once a second."""
+        now = time.monotonic()
+        nodes: dict[str, list[int]] = {}  # name -> [targets, unhealthy, unknown, suspect]
+        suspects: list[str] = []
+        total = 0
+        for t in self._targets.values():
+            node = t.node
+            counts = nodes.get(node.name if node is not None else "")
+            if counts is None:
+                counts = nodes[node.name if node is not None else ""] = [0, 0, 0, 0]
+            counts[0] += 1
+            if t.health == _UNHEALTHY:
+                counts[1] += 1
+                continue
+            if t.health == _UNKNOWN:
+                counts[2] += 1
+            if t.votes or (node is not None and node.onset is not None):
+                counts[3] += 1
+                total += 1
+                if len(suspects) < limit:
+                    suspects.append(t.key)
+        census = []
+        for name, (targets, unhealthy, unknown, suspect) in nodes.items():
+            n = self._nodes.get(name) if name else None
+            heard = -1.0 if n is None or n.last_answer == -math.inf else now - n.last_answer
+            looking = n is not None and n.onset is not None
+            census.append(NodeCensus(name, targets, unhealthy, unknown, suspect, looking, heard))
+        return census, suspects, total
 
     @property
     def in_flight(self) -> int:
@@ -519,6 +554,8 @@ class Engine:
                 t.gen += 1
             return
         t.votes += 1
+        if t.votes == 1:
+            t.doubted = time.monotonic() - latency
         if believed_up and t.votes == 1:
             self._suspects += 1
             self._on_doubt(t.key)
@@ -688,13 +725,16 @@ class Engine:
         self, t: _Target, health: Health, check: Check, detail: str, latency: float, *, node: str = ""
     ) -> None:
         attempts = max(1, t.votes)
+        took = time.monotonic() - t.doubted if t.votes and not node else latency
         if t.votes and t.health != _UNHEALTHY:
             self._suspects -= 1  # it was in doubt, believed up
         t.health = health
         t.votes = 0
         t.gen += 1
         self.transitions += 1
-        self._on_transition(Transition(t.key, health, check, detail, latency, attempts, time.time(), node))
+        self._on_transition(
+            Transition(t.key, health, check, detail, latency, attempts, time.time(), node, took)
+        )
 
 
 def _start_failed(kind: str, exc: Exception) -> str:

@@ -20,7 +20,7 @@ from typing import Generic
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import ObjectMeta, T
-from ehc.sources import TargetSink, outcome
+from ehc.sources import TargetSink, TargetView, outcome
 from ehc.sources.endpoints.kinds import AddressKind
 from ehc.sources.endpoints.selection import AddressTarget
 from ehc.sources.endpoints.writes import ReadinessPatch
@@ -192,6 +192,20 @@ class AddressSource(Generic[T]):
         """The object and the address a target key names (None once it is gone)."""
         rec = self._by_target.get(key)
         return None if rec is None else (rec, rec.addresses[key.rsplit("/", 1)[1]])
+
+    def view(self, key: str) -> TargetView | None:
+        found = self._address(key)
+        if found is None:
+            return None
+        rec, a = found
+        t = a.target
+        shown = self.kind.shows(rec.freshest()).get(t.ip, Health.UNKNOWN)
+        shows = {Health.HEALTHY: "ready", Health.UNHEALTHY: "not ready"}.get(shown, "not listed")
+        address = ", ".join(describe(c, t.ip) for c in t.checks)
+        return TargetView(
+            f"{self.kind.name} {t.namespace}/{t.name}", t.namespace, t.ip, address, t.node,
+            target_kind(t.checks), shows, a.verdict, a.evidence, rec.key,
+        )  # fmt: skip
 
     def transition(self, tr: Transition, worker: int) -> None:
         found = self._address(tr.key)

@@ -56,6 +56,12 @@ class ReadinessPatch(Generic[T]):
         """It takes an address out of service: ejections go first."""
         return not all(self.want.values())
 
+    @property
+    def summary(self) -> str:
+        out = [ip for ip, ok in self.want.items() if not ok]
+        head = ", ".join(out[:3]) + (f" and {len(out) - 3} more" if len(out) > 3 else "")
+        return f"{len(out)} of {len(self.want)} address(es) not ready" + (f": {head}" if out else "")
+
     async def send(self, api: ApiClient, timeout: float) -> None:
         decode = self.kind.decode
         path = self.kind.path(self.namespace, self.name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import READY, Pod
-from ehc.sources import TargetSink, outcome
+from ehc.sources import TargetSink, TargetView, outcome
 from ehc.sources.pods.conditions import (
     NOTHING,
     REASON_HEALTHY,
@@ -27,6 +27,7 @@ from ehc.sources.pods.conditions import (
 )
 from ehc.sources.pods.selection import PodTarget, select
 from ehc.sources.pods.writes import StatusPatch
+from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,17 @@ class PodSource:
 
     def kinds(self) -> Counter[str]:
         return Counter(rec.target.kind for rec in self._pods.values())
+
+    def view(self, key: str) -> TargetView | None:
+        rec = self._pods.get(key)
+        if rec is None:
+            return None
+        t = rec.target
+        shows = ", ".join(f"{k}={v}" for k, v in sorted(rec.observed.items())) or "no conditions"
+        address = ", ".join(describe(c, t.ip) for c in t.checks)
+        return TargetView(
+            f"Pod {key}", t.namespace, t.ip, address, t.node, t.kind, shows, rec.verdict, rec.evidence, key
+        )
 
     def transition(self, tr: Transition, worker: int) -> None:
         target = self._pods[tr.key].target

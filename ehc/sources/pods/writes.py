@@ -39,6 +39,10 @@ class StatusPatch:
         """It takes the pod out of service (a condition set False): ejections go first."""
         return any(c.status == "False" for c in self.conditions)
 
+    @property
+    def summary(self) -> str:
+        return ", ".join(f"{c.type}={c.status}" for c in self.conditions)
+
     def body(self) -> dict[str, object]:
         body: dict[str, object] = {
             "status": {"conditions": [msgspec.to_builtins(c) for c in self.conditions]}
