@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str, bool]] = [
     ("run", "ehc.cli.run", False),
     ("probe", "ehc.cli.probe", False),
     ("sim", "ehc.cli.sim", True),
+    ("status", "ehc.cli.status", False),
 ]
 
 

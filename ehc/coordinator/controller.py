@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,10 +28,12 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from ehc.coordinator.decider import Decider
+from ehc.coordinator.metrics import DETECTION_BUCKETS, Histogram
 from ehc.coordinator.opinions import Ruling, SecondOpinion
 from ehc.coordinator.peers import PeerServer
 from ehc.coordinator.pool import WorkerPool
 from ehc.coordinator.settings import RunSettings, advertised_peer_address
+from ehc.coordinator.status import StatusBook
 from ehc.kube.events import EventRecorder
 from ehc.kube.leader import LeaderElector
 from ehc.kube.members import Membership
@@ -41,6 +44,7 @@ from ehc.sources.endpoints.kinds import KINDS, AddressKind
 from ehc.sources.endpoints.source import AddressSource
 from ehc.sources.nodes import NODES, NodeWitnesses
 from ehc.sources.pods import PodSource
+from ehc.wire.checks import describe
 from ehc.wire.messages import Health, NodeVerdict, Opinion, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -117,6 +121,8 @@ class Controller:
             )
         self.peer_server: PeerServer | None = None  # set by ``ehc run`` when it serves peers
         self.on_written: Callable[[Write, str, float], None] | None = None
+        self.book = StatusBook()  # what the status page shows that nothing else keeps
+        self.detection = Histogram(DETECTION_BUCKETS)
         self.transitions = 0
         self.node_verdicts = 0
         self.resync_writes = 0
@@ -220,6 +226,7 @@ class Controller:
         return await self.pool.ask(keys, wait)
 
     async def _lead(self) -> None:
+        self.book.term_started = time.time()
         targets = self.targets_by_kind().total()
         if self.membership is not None and self.elector.previous_holder:
             self.membership.forget(self.elector.previous_holder)  # the leader whose lease expired
@@ -262,6 +269,7 @@ class Controller:
             source.reset()
 
     def _follow(self) -> Awaitable[None] | None:
+        self.book.term_started = None
         dropped = self.writes.clear()
         if self.opinions is not None:
             self.opinions.reset()
@@ -302,6 +310,10 @@ class Controller:
             return
         self.transitions += 1
         source.transition(tr, worker)
+        ip = self.pool.ip_of(tr.key) if self.pool is not None else ""
+        self.book.transition(worker, tr, describe(tr.check, ip))
+        if tr.health == Health.UNHEALTHY:
+            self.detection.observe(tr.took)
         if tr.health != Health.UNHEALTHY and self.opinions is not None:
             self.opinions.clear(tr.key)
         self.decider.transition(tr)
@@ -343,6 +355,7 @@ class Controller:
     def _node_verdict(self, worker: int, verdict: NodeVerdict) -> None:
         """A whole node judged down: said once, here, rather than once per target (its targets'
         transitions follow, each naming the node)."""
+        self.book.node(verdict)
         if not self.elector.is_leader():
             return  # a standby's own view: it writes nothing, and says nothing either
         self.node_verdicts += 1
@@ -366,6 +379,7 @@ class Controller:
             source.verdict(key, verdict, tr)
 
     def _written(self, write: Write, outcome: str, seconds: float) -> None:
+        self.book.written(write, outcome, seconds)
         source = self._source_of(write.key)
         if source is not None:
             source.written(write, outcome)

@@ -1,9 +1,10 @@
-"""Prometheus metrics and health endpoints for ``ehc run``.
+"""Prometheus metrics, health endpoints and the status page for ``ehc run``.
 
 Workers' figures reach the coordinator in their stats frames, so everything is read here, at scrape
 time, from the coordinator's own state: no multiprocess-mode files.  The same small HTTP server
-answers ``/healthz`` (the process is alive) and ``/readyz`` (watch synced and, when leading, every
-worker up; a standby is ready too).
+answers ``/healthz`` (the process is alive), ``/readyz`` (watch synced and, when leading, every
+worker up; a standby is ready too), and ``/status`` and ``/status.json`` (``ehc.coordinator.status``),
+throttled to ``STATUS_RATE`` a second so no number of open pages costs the probes anything.
 """
 
 from __future__ import annotations
@@ -13,37 +14,54 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from ehc.coordinator import statuspage
 from ehc.coordinator.http import listen
-from ehc.kube.writes import Write
+from ehc.coordinator.status import LIMIT, StatusView
+from ehc.kube.writes import TokenBucket, Write
 from ehc.wire.checks import KINDS
 from ehc.wire.messages import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from ehc.coordinator.controller import Controller
 
+STATUS_RATE, STATUS_BURST = 10.0, 20
+"""Status requests a second (and at once) before 429: each may read every target's state."""
 _PATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DETECTION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    """Counts per bucket (not cumulative; +Inf last) and the sum, for a histogram read at scrape time."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))] += 1
+        self.sum += value
 
 
 class ControllerCollector(Collector):
     def __init__(self, controller: Controller) -> None:
         self.c = controller
         self.patches: Counter[str] = Counter()
-        self.patch_seconds = [0] * (len(_PATCH_BUCKETS) + 1)
-        self.patch_seconds_sum = 0.0
+        self.patch_seconds = Histogram(_PATCH_BUCKETS)
         controller.on_written = self._written
 
     def _written(self, write: Write, outcome: str, seconds: float) -> None:
         self.patches[outcome] += 1
         if outcome == "ok":
-            i = next((i for i, b in enumerate(_PATCH_BUCKETS) if seconds <= b), len(_PATCH_BUCKETS))
-            self.patch_seconds[i] += 1
-            self.patch_seconds_sum += seconds
+            self.patch_seconds.observe(seconds)
 
     def collect(self) -> Iterator[object]:
         c = self.c
@@ -63,6 +81,22 @@ class ControllerCollector(Collector):
             "ehc_failsafe_held_ejections",
             "Unhealthy targets whose ejection the fail-safe is holding back right now",
             value=c.decider.held,
+        )
+        d = c.decider
+        yield GaugeMetricFamily(
+            "ehc_failsafe_dark_share",
+            "Share of targets unhealthy or suspect, as the fail-safe weighs them",
+            value=d.dark / d.total if d.total else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "ehc_failsafe_threshold_share",
+            "The share of dark targets above which the fail-safe engages",
+            value=c.settings.failsafe_share,
+        )
+        yield GaugeMetricFamily(
+            "ehc_suspects",
+            "Targets believed up in an open failure episode (confirming)",
+            value=d.suspect_count,
         )
         yield CounterMetricFamily(
             "ehc_transitions", "Health transitions reported by workers", value=c.transitions
@@ -92,12 +126,12 @@ class ControllerCollector(Collector):
         for outcome, n in sorted(self.patches.items()):
             patches.add_metric([outcome], n)
         yield patches
+        yield _histogram("ehc_patch_latency_seconds", "From decision to patch written", self.patch_seconds)
         yield _histogram(
-            "ehc_patch_latency_seconds",
-            "From decision to patch written",
-            _PATCH_BUCKETS,
-            self.patch_seconds,
-            self.patch_seconds_sum,
+            "ehc_detection_seconds",
+            "From the first failed attempt to the verdict, for targets judged unhealthy "
+            "(for a node judged down as a whole, from when it went silent)",
+            c.detection,
         )
         e = c.elector
         yield CounterMetricFamily(
@@ -158,8 +192,11 @@ class ControllerCollector(Collector):
             "Workers killed because they held targets but made no probe attempt",
             labels=["worker"],
         )
-        latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        latency_sum = 0.0
+        latency = Histogram(LATENCY_BUCKETS)
+        health = GaugeMetricFamily(
+            "ehc_target_health", "Targets by the health their probes believe", labels=["health"]
+        )
+        by_health: Counter[str] = Counter({"healthy": 0, "unhealthy": 0, "unknown": 0})
         for w, s in sorted(pool.stats.items()):
             label = str(w)
             for family, by_kind in (
@@ -180,14 +217,18 @@ class ControllerCollector(Collector):
             per_worker["witnesses"].add_metric([label, "yes"], s.witnesses - s.witnesses_unheard)
             per_worker["witnesses"].add_metric([label, "never"], s.witnesses_unheard)
             per_worker["info"].add_metric([label, str(s.pid)], 1)
+            by_health.update(s.health)
             previous = 0
             for i, cumulative in enumerate(s.latency_buckets):
-                latency_counts[i] += cumulative - previous
+                latency.counts[i] += cumulative - previous
                 previous = cumulative
-            latency_sum += s.latency_sum
+            latency.sum += s.latency_sum
         for w, n in enumerate(pool.restarts):
             restarts.add_metric([str(w)], n)
             stalls.add_metric([str(w)], pool.stalls[w])
+        for h, n in sorted(by_health.items()):
+            health.add_metric([h], n)
+        yield health
         yield from per_worker.values()
         yield restarts
         yield stalls
@@ -198,13 +239,7 @@ class ControllerCollector(Collector):
             sent.add_metric([direction], pool.pipe_bytes[direction])
         yield frames
         yield sent
-        yield _histogram(
-            "ehc_probe_latency_seconds",
-            "Successful probe latency",
-            LATENCY_BUCKETS,
-            latency_counts,
-            latency_sum,
-        )
+        yield _histogram("ehc_probe_latency_seconds", "Successful probe latency", latency)
 
 
 def _peer_metrics(c: Controller) -> Iterator[object]:
@@ -248,14 +283,12 @@ def _peer_metrics(c: Controller) -> Iterator[object]:
     yield served
 
 
-def _histogram(
-    name: str, doc: str, bounds: tuple[float, ...], counts: list[int], total: float
-) -> HistogramMetricFamily:
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
     buckets, running = [], 0
-    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+    for bound, n in zip((*h.bounds, float("inf")), h.counts, strict=True):
         running += n
         buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.sum)
 
 
 async def serve(controller: Controller, address: str) -> web.AppRunner:
@@ -275,6 +308,29 @@ async def serve(controller: Controller, address: str) -> web.AppRunner:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready: watch not synced or workers down\n")
 
+    view = StatusView(controller)
+    bucket = TokenBucket(STATUS_RATE, STATUS_BURST, time.monotonic())
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        if wait := bucket.take(time.monotonic()):
+            return web.Response(
+                status=429, text="too many status requests\n", headers={"Retry-After": f"{wait:.0f}"}
+            )
+        q = request.query
+        query = {k: q[k] for k in ("namespace", "state", "limit") if q.get(k)}
+        try:
+            s = await view.status(
+                namespace=q.get("namespace", ""), state=q.get("state", ""), limit=int(q.get("limit", LIMIT))
+            )
+        except ValueError as exc:
+            return web.Response(status=400, text=f"bad query {urlencode(query)!r}: {exc}\n")
+        if request.path.endswith(".json"):
+            return web.Response(body=msgspec.json.encode(s), content_type="application/json")
+        return web.Response(text=statuspage.render(s, query), content_type="text/html")
+
     app = web.Application()
-    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    app.add_routes([
+        web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
+        web.get("/status", status), web.get("/status.json", status),
+    ])  # fmt: skip
     return await listen(app, address)
