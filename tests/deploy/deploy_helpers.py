@@ -139,3 +139,30 @@ def cpu_millicores(quantity: str) -> int:
 def memory_mib(quantity: str) -> int:
     units = {"Mi": 1, "Gi": 1024}
     return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def dashboard_queries(dashboard: Obj) -> list[str]:
+    """Every PromQL query of a Grafana dashboard: each panel target's ``expr`` (rows' nested panels
+    too) and each query variable's query; ``label_values(<selector>, <label>)`` gives its selector
+    (``label_values(<label>)``, with no selector, gives nothing)."""
+    queries: list[str] = []
+    panels = list(dashboard.get("panels", []))
+    while panels:
+        panel = panels.pop(0)
+        panels.extend(panel.get("panels", []))
+        queries.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query", "")
+        query = (query.get("query", "") if isinstance(query, dict) else query).strip()
+        name, _, rest = query.partition("(")
+        if name.strip() == "label_values" and rest.endswith(")"):
+            selector, comma, _label = rest[:-1].rpartition(",")
+            if comma:
+                queries.append(selector.strip())
+        elif name.strip() == "query_result" and rest.endswith(")"):
+            queries.append(rest[:-1].strip())
+        elif name.strip() not in ("label_names", "metrics") and query:
+            queries.append(query)
+    return queries
