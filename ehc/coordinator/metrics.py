@@ -32,7 +32,7 @@ from ehc.wire.messages import LATENCY_BUCKETS
 if TYPE_CHECKING:
     from ehc.coordinator.controller import Controller
 
-STATUS_RATE, STATUS_BURST = 10.0, 20
+STATUS_RATE, STATUS_BURST = 4.0, 8
 """Status requests a second (and at once) before 429: each may read every target's state."""
 _PATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DETECTION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)

@@ -190,6 +190,7 @@ class WorkerPool:
         self._targets: dict[str, Target] = {}
         self._owner: dict[str, int] = {}
         self._health: dict[str, Health] = {}
+        self._unhealthy: set[str] = set()  # as last reported, or as started
         self._witnesses: dict[str, str] = {}  # node -> its own address, checked by the node's worker
         self._crashes = [0] * workers
         self._restart_timers: dict[int, asyncio.TimerHandle] = {}
@@ -328,6 +329,10 @@ class WorkerPool:
             self._owner[t.key] = index
             self._targets[t.key] = t
             self._health.pop(t.key, None)
+            if t.health == Health.UNHEALTHY:
+                self._unhealthy.add(t.key)
+            else:
+                self._unhealthy.discard(t.key)
             batches.setdefault(index, []).append(t)
         for index, keys in moved.items():
             if (proc := self._procs[index]) is not None:
@@ -357,6 +362,7 @@ class WorkerPool:
             if self._targets.pop(key, None) is None:
                 continue
             self._health.pop(key, None)
+            self._unhealthy.discard(key)
             batches.setdefault(self._owner.pop(key), []).append(key)
         for index, batch in batches.items():
             if (proc := self._procs[index]) is not None:
@@ -429,8 +435,7 @@ class WorkerPool:
 
     def unhealthy(self) -> list[str]:
         """Targets whose probes last said unhealthy (reported, or the health they were started from)."""
-        health = self._health
-        return [k for k, t in self._targets.items() if health.get(k, t.health) == Health.UNHEALTHY]
+        return list(self._unhealthy)
 
     def up(self, index: int) -> bool:
         proc = self._procs[index]
@@ -460,6 +465,10 @@ class WorkerPool:
                 if self._owner.get(tr.key) != proc.index:
                     continue  # removed (or moved) while the transition was in the pipe
                 self._health[tr.key] = tr.health
+                if tr.health == Health.UNHEALTHY:
+                    self._unhealthy.add(tr.key)
+                else:
+                    self._unhealthy.discard(tr.key)
                 self._on_transition(proc.index, tr)
         elif isinstance(msg, Answers):
             future = self._questions.get(msg.id)

@@ -10,10 +10,11 @@ Endpoints) are the sources; a new one is a new package here that fulfils ``Sourc
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from ehc.kube.writes import Write
-from ehc.wire.checks import describe
+from ehc.wire.checks import Check, describe, target_kind
 from ehc.wire.messages import Health, Target, Transition
 
 
@@ -25,6 +26,14 @@ def outcome(tr: Transition, ip: str) -> str:
         f"{'UNHEALTHY' if unhealthy else 'healthy'}: {describe(tr.check, ip)} "
         f"{'failed' if unhealthy else 'answered'} after {tr.attempts} attempt(s){said}"
     )
+
+
+def kinds_of(checks: Iterable[tuple[Check, ...]]) -> Counter[str]:
+    """Targets by probe kind, each distinct check list judged once (tens of thousands share a few)."""
+    kinds: Counter[str] = Counter()
+    for shape, n in Counter(checks).items():
+        kinds[target_kind(shape)] += n
+    return kinds
 
 
 class TargetView(NamedTuple):

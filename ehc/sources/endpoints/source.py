@@ -20,7 +20,7 @@ from typing import Generic
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import ObjectMeta, T
-from ehc.sources import TargetSink, TargetView, outcome
+from ehc.sources import TargetSink, TargetView, kinds_of, outcome
 from ehc.sources.endpoints.kinds import AddressKind
 from ehc.sources.endpoints.selection import AddressTarget
 from ehc.sources.endpoints.writes import ReadinessPatch
@@ -183,7 +183,7 @@ class AddressSource(Generic[T]):
         return out
 
     def kinds(self) -> Counter[str]:
-        return Counter(target_kind(a.target.checks) for a in self._addresses())
+        return kinds_of(a.target.checks for a in self._addresses())
 
     def _addresses(self) -> list[_Address]:
         return [a for rec in self._objects.values() for a in rec.addresses.values()]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ehc.kube.events import EventRecorder
 from ehc.kube.model import READY, Pod
-from ehc.sources import TargetSink, TargetView, outcome
+from ehc.sources import TargetSink, TargetView, kinds_of, outcome
 from ehc.sources.pods.conditions import (
     NOTHING,
     REASON_HEALTHY,
@@ -137,7 +137,7 @@ class PodSource:
         return [self._probe_target(rec) for rec in self._pods.values()]
 
     def kinds(self) -> Counter[str]:
-        return Counter(rec.target.kind for rec in self._pods.values())
+        return kinds_of(rec.target.checks for rec in self._pods.values())
 
     def view(self, key: str) -> TargetView | None:
         rec = self._pods.get(key)
