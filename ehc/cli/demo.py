@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     complete = (
         summary["detected"] == summary["victim_pods"]
         and summary["backends_detected"] == summary["victim_backends"]
+        and summary["status_exit"] == 1  # ehc's own view says so too
     )
     return 0 if summary["false_unhealthy"] == 0 and complete else 1
 
@@ -107,14 +109,15 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         _say(args, f"simulated cluster: {len(fleet.pods)} pods on {args.nodes} nodes, {len(targets)} opted in "
                    f"({len(gate_pods)} with the readiness gate), {len(fleet.externals())} backend addresses "
                    f"behind selectorless Services; kubeconfig {sim.kubeconfig}")  # fmt: skip
+        status_url = f"http://127.0.0.1:{_free_port()}"  # the status page, in the cluster's namespace
         proc = await asyncio.create_subprocess_exec(
             *sim.exec_prefix(), sys.executable, "-m", "ehc", "run", "--kubeconfig", sim.kubeconfig,
             "--workers", str(args.workers), "--identity", "ehc-demo", "--namespace", "default",
-            "--metrics-address", "", "--peer-address", "", "--log-level", "warning", "--selectorless",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            "--metrics-address", status_url.removeprefix("http://"), "--peer-address", "", "--log-level", "warning",
+            "--selectorless", env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            return await _scenario(args, sim, proc, targets, gate_pods, limits)
+            return await _scenario(args, sim, proc, targets, gate_pods, limits, status_url)
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -125,7 +128,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, targets: list[Any], gate_pods: list[Any],
-                    limits: list[str]) -> dict[str, Any]:  # fmt: skip
+                    limits: list[str], status_url: str) -> dict[str, Any]:  # fmt: skip
     fleet, api, log = sim.fleet, sim.api, sim.api.write_log
     started = time.monotonic()
 
@@ -185,6 +188,17 @@ async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, target
                f"Services' slices after {unrouting[-1]:.2f}s; {len(backend_detection)} backend addresses in "
                f"{len(objects)} objects not ready after {_last(backend_detection):.2f}s")  # fmt: skip
 
+    # What ehc itself says about it: `ehc status`, as an operator would run it.
+    status = await asyncio.create_subprocess_exec(
+        *sim.exec_prefix(), sys.executable, "-m", "ehc", "status", "--url", status_url, "--unhealthy",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    said = (await status.communicate())[0].decode().splitlines()
+    listed = [line for line in said[1:] if line.startswith("unhealthy ")]
+    _say(args, f"`ehc status --unhealthy` (exit {status.returncode}) lists {len(listed)} unhealthy targets:")
+    for line in [*said[:6], *(["  …"] if len(said) > 6 else [])]:
+        _say(args, f"  {line}")
+
     t1 = time.monotonic()
     fleet.recover(victim)
     gate_victims = [p for p in gate_pods if (p.namespace, p.name) in on_victim]
@@ -220,12 +234,20 @@ async def _scenario(args: argparse.Namespace, sim: SimCluster, proc: Any, target
         "false_unhealthy_pods": wrong[:20],
         "writes_per_transition": round(len(victim_writes) / max(1, len(detection)), 3),
         "writes_per_backend_object": round(len(object_writes) / max(1, len(objects)), 3),
+        "status_exit": status.returncode,
+        "status_unhealthy_listed": len(listed),
         "recovery_seconds_gate": round(recovery, 3),
         "recovery_seconds_backends": round(backend_recovery, 3),
         "node_monitor_grace_period_seconds": 40,
         "network_namespace": sim.netns,
         "limits": limits,
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _last(values: list[float]) -> float:
@@ -270,6 +292,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("pods or backends wrongly marked", s["false_unhealthy"]),
         ("API writes per pod transition", s["writes_per_transition"]),
         ("API writes per backend object", s["writes_per_backend_object"]),
+        (
+            "`ehc status --unhealthy`: exit / unhealthy listed",
+            f"{s['status_exit']} / {s['status_unhealthy_listed']}",
+        ),
         ("gate pods recovered after power-on", f"{s['recovery_seconds_gate']:.2f}s"),
         ("backends ready again after power-on", f"{s['recovery_seconds_backends']:.2f}s"),
     ]

@@ -105,7 +105,11 @@ def render(s: Status, *, wide: bool = False, only_targets: bool = False) -> str:
         for r in s.not_healthy:
             e = r.evidence
             evidence = (
-                f"{e.detail} ({e.attempts} attempts{', node down' if e.node_verdict else ''})" if e else ""
+                ""
+                if e is None
+                else e.detail
+                if e.node_verdict
+                else f"{e.detail} after {e.attempts} attempt(s)"
             )
             row = [
                 r.state,
