@@ -261,8 +261,14 @@ class StatusView:
             **dict.fromkeys(suspects, "suspect"),
             **dict.fromkeys(unhealthy, "unhealthy"),
         }
+        # A row costs a lookup or two: only what is listed is built, unless telling "held" from
+        # "unhealthy" for the filter needs it.
+        must_build = state in ("unhealthy", "held")
         for key, kind in wanted.items():
-            if namespace and namespace_of(key) != namespace:
+            if (namespace and namespace_of(key) != namespace) or (state == "suspect" and kind != "suspect"):
+                continue
+            if len(rows) >= limit and not must_build:
+                matching += 1
                 continue
             row = self._row(key, kind)
             if row is None or (state and row.state != state):

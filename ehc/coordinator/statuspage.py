@@ -19,7 +19,7 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
 h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .3em}
 table{border-collapse:collapse;margin:.2em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;
-vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+vertical-align:top}th{background:#f3f3f3;white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#b00;font-weight:600}.warn{color:#a60;font-weight:600}.ok{color:#070}.muted{color:#777}
 .banner{padding:.4em .8em;margin:.5em 0;border-radius:4px}.banner.bad{background:#fdd}.banner.ok{background:#efe}
 .banner.warn{background:#ffe9c7}form{margin:.5em 0}code{font-size:.95em}
@@ -191,8 +191,9 @@ def _evidence(r: TargetRow) -> str:
             if r.state != "suspect"
             else '<span class="muted">confirming</span>'
         )
-    whole = " (with its node)" if e.node_verdict else ""
-    return f"{esc(e.check)}: {esc(e.detail or 'failed')}, {e.attempts} attempt(s), detected in {e.took:.2f} s{whole}"
+    which = f"{esc(e.check)}: " if "," in r.address else ""  # several checks: say which one failed
+    tries = "" if e.node_verdict else f" after {e.attempts} attempt(s)"
+    return f"{which}{esc(e.detail or 'failed')}{tries}; detected in {e.took:.2f} s"
 
 
 def _not_healthy(s: Status) -> str:
