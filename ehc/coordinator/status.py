@@ -411,7 +411,7 @@ class StatusView:
         if last is None:
             return ""
         outcome, at = last
-        return f"{outcome} at {time.strftime('%H:%M:%S', time.localtime(at))}"
+        return f"{outcome} at {time.strftime('%H:%M:%S', time.gmtime(at))}"
 
     def _queue(self) -> Writes:
         w = self.c.writes
