@@ -115,7 +115,7 @@ def render(s: Status, *, wide: bool = False, only_targets: bool = False) -> str:
                 r.state,
                 r.object,
                 r.node,
-                evidence or r.why or "-",
+                "; ".join(x for x in (evidence, r.why) if x) or "-",
                 _clock(r.since) or "-",
                 r.write or "-",
             ]
