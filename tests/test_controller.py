@@ -4,9 +4,11 @@ kubernetes_asyncio client over HTTP, against the simulated cluster without a net
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -41,22 +43,31 @@ async def status(url: str) -> int:
         return resp.status
 
 
+@contextlib.asynccontextmanager
+async def serving(sim: SimCluster, identity: str = "ehc-status") -> AsyncIterator[tuple[Controller, str]]:
+    """The controller leading, with its metrics server, once every gate pod has its first value."""
+    settings = load(None, env={"POD_NAME": identity, "POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": ""})
+    client = await make_api_client(sim.kubeconfig)
+    controller = Controller(settings, client)
+    port = free_port()
+    runner = await metrics.serve(controller, f"127.0.0.1:{port}")
+    task = asyncio.create_task(controller.run())
+    try:
+        await until(conditions_are(sim.api, [p for p in sim.fleet.targets() if p.style == "gate"], "True"))
+        await until(lambda: controller.pool is not None and len(controller.pool.stats) == 1)
+        yield controller, f"http://127.0.0.1:{port}"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+        await client.close()
+
+
 async def test_controller_and_metrics_in_process() -> None:
     async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None, netns=False) as sim:
         fleet, api = sim.fleet, sim.api
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
-        settings = load(
-            None, env={"POD_NAME": "ehc-in-process", "POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": ""}
-        )
-        client = await make_api_client(sim.kubeconfig)
-        controller = Controller(settings, client)
-        port = free_port()
-        runner = await metrics.serve(controller, f"127.0.0.1:{port}")
-        base = f"http://127.0.0.1:{port}"
-        task = asyncio.create_task(controller.run())
-        try:
-            await until(conditions_are(api, gate_pods, "True"))  # every gate pod got its first value
-            await until(lambda: controller.pool is not None and len(controller.pool.stats) == 1)
+        async with serving(sim, "ehc-in-process") as (controller, base):
             assert await status(f"{base}/healthz") == 200
             assert await status(f"{base}/readyz") == 200
             code, samples = await scrape(f"{base}/metrics")
@@ -76,12 +87,9 @@ async def test_controller_and_metrics_in_process() -> None:
             # Gate pods went from unknown to healthy, the victim to unhealthy; the annotation pods
             # started from the Ready=True they showed, so their first answers were no transitions.
             assert samples["ehc_transitions_total"] == len(gate_pods) + 1
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await runner.cleanup()
-            await client.close()
-        lease = api.collections[("coordination.k8s.io", "v1", "leases")].get("default", settings.lease_name)
+        lease = api.collections[("coordination.k8s.io", "v1", "leases")].get(
+            "default", controller.settings.lease_name
+        )
         assert lease is not None and not lease["spec"].get("holderIdentity")  # released on the way out
 
 

@@ -4,24 +4,19 @@ processes and the real client, against the simulated cluster without a network n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
-from helpers import conditions_are, until
-from test_controller import free_port
+from helpers import until
+from test_controller import free_port, serving
 
 from ehc.coordinator import metrics
-from ehc.coordinator.controller import Controller
-from ehc.coordinator.settings import load
 from ehc.coordinator.status import Status, namespace_of
-from ehc.kube.client import make_api_client
 from ehc.sim import SimCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,28 +53,6 @@ def test_namespace_of_every_kind_of_key() -> None:
     assert namespace_of("shop/web-1") == "shop"
     assert namespace_of("EndpointSlice/shop/db-abc/10.0.0.7") == "shop"
     assert namespace_of("Endpoints/shop/db") == "shop"
-
-
-@contextlib.asynccontextmanager
-async def serving(sim: SimCluster) -> AsyncIterator[tuple[Controller, str]]:
-    """The controller leading, with its metrics server, once every gate pod has its first value."""
-    settings = load(
-        None, env={"POD_NAME": "ehc-status", "POD_NAMESPACE": "default", "EHC_METRICS_ADDRESS": ""}
-    )
-    client = await make_api_client(sim.kubeconfig)
-    controller = Controller(settings, client)
-    port = free_port()
-    runner = await metrics.serve(controller, f"127.0.0.1:{port}")
-    task = asyncio.create_task(controller.run())
-    try:
-        await until(conditions_are(sim.api, [p for p in sim.fleet.targets() if p.style == "gate"], "True"))
-        await until(lambda: controller.pool is not None and len(controller.pool.stats) == 1)
-        yield controller, f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await runner.cleanup()
-        await client.close()
 
 
 async def test_status_page_json_and_cli_show_an_unhealthy_pod_with_its_evidence() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ from typing import TextIO
 
 import msgspec
 
-from ehc.coordinator.status import Status
+from ehc.coordinator.status import Status, clock
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 HINT = (
@@ -85,10 +84,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     )
 
 
-def _clock(at: float | None) -> str:
-    return "" if at is None else time.strftime("%H:%M:%S", time.gmtime(at))
-
-
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "never"
@@ -116,7 +111,7 @@ def render(s: Status, *, wide: bool = False, only_targets: bool = False) -> str:
                 r.object,
                 r.node,
                 "; ".join(x for x in (evidence, r.why) if x) or "-",
-                _clock(r.since) or "-",
+                clock(r.since) or "-",
                 r.write or "-",
             ]
             if wide:
@@ -162,12 +157,10 @@ def render(s: Status, *, wide: bool = False, only_targets: bool = False) -> str:
         if q.waiting:
             rows = [[w.key, w.summary, _ago(w.age), w.attempts, w.error or "-"] for w in q.waiting]
             parts.append(table(["waiting write", "write", "age", "attempts", "last error"], rows))
-        rows = [
-            [_clock(t.at), t.key, t.health, t.detail or "-", f"{t.took:.2f}s"] for t in s.transitions[:20]
-        ]
+        rows = [[clock(t.at), t.key, t.health, t.detail or "-", f"{t.took:.2f}s"] for t in s.transitions[:20]]
         if rows:
             parts.append(table(["at", "transition", "health", "detail", "detected in"], rows))
-        rows = [[_clock(w.at), w.key, w.summary, w.outcome] for w in s.writes[:20]]
+        rows = [[clock(w.at), w.key, w.summary, w.outcome] for w in s.writes[:20]]
         if rows:
             parts.append(table(["at", "write", "what", "outcome"], rows))
     return "\n".join(parts)
@@ -176,7 +169,7 @@ def render(s: Status, *, wide: bool = False, only_targets: bool = False) -> str:
 def _summary(s: Status) -> str:
     r, f, t = s.role, s.failsafe, s.targets
     if r.leading:
-        role = f"leading since {_clock(r.term_started)} UTC" if r.term_started else "leading"
+        role = f"leading since {clock(r.term_started)} UTC" if r.term_started else "leading"
     else:
         role = f"standing by ({'hot' if r.hot_standby else 'idle'}), leader {r.leader or 'nobody'}"
     failsafe = (

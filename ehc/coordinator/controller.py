@@ -44,7 +44,6 @@ from ehc.sources.endpoints.kinds import KINDS, AddressKind
 from ehc.sources.endpoints.source import AddressSource
 from ehc.sources.nodes import NODES, NodeWitnesses
 from ehc.sources.pods import PodSource
-from ehc.wire.checks import describe
 from ehc.wire.messages import Health, NodeVerdict, Opinion, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -301,17 +300,17 @@ class Controller:
 
     # ---- workers → decisions → sources ----------------------------------------------------------
 
-    def _source_of(self, key: str) -> Source | None:
+    def source_of(self, key: str) -> Source | None:
         return next((s for s in self.sources if s.owns(key)), None)
 
     def _transition(self, worker: int, tr: Transition) -> None:
-        source = self._source_of(tr.key)
+        source = self.source_of(tr.key)
         if source is None:
             return
         self.transitions += 1
         source.transition(tr, worker)
         ip = self.pool.ip_of(tr.key) if self.pool is not None else ""
-        self.book.transition(worker, tr, describe(tr.check, ip))
+        self.book.transition(worker, tr, ip)
         if tr.health == Health.UNHEALTHY:
             self.detection.observe(tr.took)
         if tr.health != Health.UNHEALTHY and self.opinions is not None:
@@ -374,13 +373,13 @@ class Controller:
         )  # fmt: skip
 
     def _verdict(self, key: str, verdict: Health, tr: Transition | None) -> None:
-        source = self._source_of(key)
+        source = self.source_of(key)
         if source is not None:
             source.verdict(key, verdict, tr)
 
     def _written(self, write: Write, outcome: str, seconds: float) -> None:
         self.book.written(write, outcome, seconds)
-        source = self._source_of(write.key)
+        source = self.source_of(write.key)
         if source is not None:
             source.written(write, outcome)
         if self.on_written is not None:

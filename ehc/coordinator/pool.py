@@ -329,10 +329,7 @@ class WorkerPool:
             self._owner[t.key] = index
             self._targets[t.key] = t
             self._health.pop(t.key, None)
-            if t.health == Health.UNHEALTHY:
-                self._unhealthy.add(t.key)
-            else:
-                self._unhealthy.discard(t.key)
+            self._believe(t.key, t.health)
             batches.setdefault(index, []).append(t)
         for index, keys in moved.items():
             if (proc := self._procs[index]) is not None:
@@ -433,6 +430,12 @@ class WorkerPool:
                 missing.append(index)
         return got, sorted(missing)
 
+    def _believe(self, key: str, health: Health) -> None:
+        if health == Health.UNHEALTHY:
+            self._unhealthy.add(key)
+        else:
+            self._unhealthy.discard(key)
+
     def unhealthy(self) -> list[str]:
         """Targets whose probes last said unhealthy (reported, or the health they were started from)."""
         return list(self._unhealthy)
@@ -465,10 +468,7 @@ class WorkerPool:
                 if self._owner.get(tr.key) != proc.index:
                     continue  # removed (or moved) while the transition was in the pipe
                 self._health[tr.key] = tr.health
-                if tr.health == Health.UNHEALTHY:
-                    self._unhealthy.add(tr.key)
-                else:
-                    self._unhealthy.discard(tr.key)
+                self._believe(tr.key, tr.health)
                 self._on_transition(proc.index, tr)
         elif isinstance(msg, Answers):
             future = self._questions.get(msg.id)

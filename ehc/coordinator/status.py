@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from ehc.kube.writes import Waiting, Write
 from ehc.wire.checks import describe
 from ehc.wire.messages import Health, Inspection, NodeVerdict, Transition
 
 if TYPE_CHECKING:
     from ehc.coordinator.controller import Controller
-    from ehc.kube.writes import Write
 
 HISTORY = 100
 """Transitions and writes kept for the page."""
@@ -131,20 +131,11 @@ class WriteRow(msgspec.Struct, frozen=True):
     seconds: float  # from decision to outcome
 
 
-class WaitingWrite(msgspec.Struct, frozen=True):
-    key: str
-    summary: str
-    age: float
-    attempts: int
-    sending: bool
-    error: str
-
-
 class Writes(msgspec.Struct, frozen=True):
     queued: int
     outage: bool  # writes fail in a row: sent one at a time until the API server answers
     retries: int
-    waiting: list[WaitingWrite]  # the oldest, up to HISTORY
+    waiting: list[Waiting]  # the oldest, up to HISTORY
 
 
 class Counts(msgspec.Struct, frozen=True):
@@ -177,6 +168,11 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     state: str  # the filter ("" : every state that is not healthy)
 
 
+def clock(at: float | None) -> str:
+    """A wall time as the page and ``ehc status`` show it (UTC)."""
+    return "" if at is None else time.strftime("%H:%M:%S", time.gmtime(at))
+
+
 def namespace_of(key: str) -> str:
     """A target's or write's namespace: keys are "ns/name" (pods) or "Kind/ns/name[/address]"."""
     parts = key.split("/")
@@ -185,21 +181,20 @@ def namespace_of(key: str) -> str:
 
 class StatusBook:
     """The history only the page needs: the latest transitions and writes, nodes' last verdicts,
-    each object's last write outcome, and when this term started.  O(1) per record, bounded."""
+    each object's last write outcome, and when this term started.  O(1) per record, bounded: what is
+    recorded is kept as it came, and turned into rows only when a page asks."""
 
     def __init__(self) -> None:
-        self.transitions: deque[TransitionRow] = deque(maxlen=HISTORY)
-        self.writes: deque[WriteRow] = deque(maxlen=HISTORY)
+        self.transitions: deque[tuple[int, Transition, str]] = deque(maxlen=HISTORY)  # worker, it, its ip
+        self.writes: deque[tuple[float, Write, str, float]] = deque(
+            maxlen=HISTORY
+        )  # at, it, outcome, seconds
         self.last_write: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (outcome, wall time)
         self.node_verdicts: OrderedDict[str, NodeVerdict] = OrderedDict()
         self.term_started: float | None = None
 
-    def transition(self, worker: int, tr: Transition, check: str) -> None:
-        row = TransitionRow(
-            tr.wall_time, tr.key, namespace_of(tr.key), tr.health.name.lower(), check, tr.detail,
-            tr.attempts, tr.took, tr.node, worker,
-        )  # fmt: skip
-        self.transitions.append(row)
+    def transition(self, worker: int, tr: Transition, ip: str) -> None:
+        self.transitions.append((worker, tr, ip))
 
     def node(self, verdict: NodeVerdict) -> None:
         self.node_verdicts.pop(verdict.node, None)
@@ -210,7 +205,7 @@ class StatusBook:
     def written(self, write: Write, outcome: str, seconds: float) -> None:
         now = time.time()
         key = write.key
-        self.writes.append(WriteRow(now, key, namespace_of(key), write.summary, outcome, seconds))
+        self.writes.append((now, write, outcome, seconds))
         self.last_write.pop(key, None)
         self.last_write[key] = (outcome, now)
         if len(self.last_write) > _REMEMBERED:
@@ -226,7 +221,7 @@ class StatusView:
         self._inspected_at = -INSPECT_EVERY
         self._inspecting: asyncio.Task[tuple[list[Inspection], list[int]]] | None = None
 
-    async def _census(self, limit: int) -> tuple[list[Inspection], list[int]]:
+    async def _census(self) -> tuple[list[Inspection], list[int]]:
         """The workers' answer, asked again only once it is ``INSPECT_EVERY`` old (shared meanwhile)."""
         pool = self.c.pool
         if pool is None:
@@ -249,7 +244,7 @@ class StatusView:
         if state and state not in STATES:
             raise ValueError(f"state must be one of {', '.join(STATES)} (got {state!r})")
         limit = max(0, min(limit, MAX_LIMIT))
-        inspections, unanswered = await self._census(limit)
+        inspections, unanswered = await self._census()
         c = self.c
         pool = c.pool
         suspects = {k for i in inspections for k in i.suspects}
@@ -288,8 +283,8 @@ class StatusView:
             nodes_total=len(nodes),
             not_healthy=rows,
             not_healthy_total=matching,
-            transitions=[t for t in c.book.transitions if not namespace or t.namespace == namespace][::-1],
-            writes=[w for w in c.book.writes if not namespace or w.namespace == namespace][::-1],
+            transitions=[t for t in self._transitions() if not namespace or t.namespace == namespace],
+            writes=[w for w in self._writes() if not namespace or w.namespace == namespace],
             queue=self._queue(),
             namespace=namespace,
             state=state,
@@ -371,7 +366,7 @@ class StatusView:
 
     def _row(self, key: str, kind: State) -> TargetRow | None:
         c = self.c
-        source = next((s for s in c.sources if s.owns(key)), None)
+        source = c.source_of(key)
         view = source.view(key) if source is not None else None
         if view is None:
             return None
@@ -411,12 +406,37 @@ class StatusView:
         if last is None:
             return ""
         outcome, at = last
-        return f"{outcome} at {time.strftime('%H:%M:%S', time.gmtime(at))}"
+        return f"{outcome} at {clock(at)}"
 
     def _queue(self) -> Writes:
         w = self.c.writes
         waiting, queued = w.waiting(HISTORY)
-        return Writes(
-            queued=queued, outage=w.outage, retries=w.retries,
-            waiting=[WaitingWrite(x.key, x.summary, x.age, x.attempts, x.sending, x.error) for x in waiting],
-        )  # fmt: skip
+        return Writes(queued=queued, outage=w.outage, retries=w.retries, waiting=waiting)
+
+    def _transitions(self) -> list[TransitionRow]:
+        """The book's transitions, newest first."""
+        rows = []
+        for worker, tr, ip in reversed(self.c.book.transitions):
+            check = describe(tr.check, ip)
+            health = tr.health.name.lower()
+            row = TransitionRow(
+                tr.wall_time,
+                tr.key,
+                namespace_of(tr.key),
+                health,
+                check,
+                tr.detail,
+                tr.attempts,
+                tr.took,
+                tr.node,
+                worker,
+            )
+            rows.append(row)
+        return rows
+
+    def _writes(self) -> list[WriteRow]:
+        """The book's writes, newest first."""
+        return [
+            WriteRow(at, w.key, namespace_of(w.key), w.summary, outcome, seconds)
+            for at, w, outcome, seconds in reversed(self.c.book.writes)
+        ]

@@ -7,11 +7,10 @@ the filter and the scroll position stay.  Every text that comes from the cluster
 
 from __future__ import annotations
 
-import time
 from html import escape
 from urllib.parse import urlencode
 
-from ehc.coordinator.status import STATES, Status, TargetRow
+from ehc.coordinator.status import STATES, Status, TargetRow, clock
 
 REFRESH = 2.0
 
@@ -44,10 +43,6 @@ _SCRIPT = """
 
 def esc(value: object) -> str:
     return escape(str(value), quote=True)
-
-
-def clock(at: float | None) -> str:
-    return "" if at is None else time.strftime("%H:%M:%S", time.gmtime(at))
 
 
 def ago(seconds: float | None) -> str:

@@ -45,8 +45,9 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
+import msgspec
 from kubernetes_asyncio.client import ApiClient
 
 from ehc.kube.request import ApiError, Backoff
@@ -105,7 +106,7 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
-class Waiting(NamedTuple):
+class Waiting(msgspec.Struct, frozen=True):
     """A write not yet landed, as the status page shows it."""
 
     key: str

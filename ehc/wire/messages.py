@@ -177,7 +177,6 @@ class Inspection(msgspec.Struct, tag="inspection"):
     id: int
     nodes: list[NodeCensus]
     suspects: list[str]  # at most the limit asked for
-    suspects_total: int
 
 
 class Suspects(msgspec.Struct, tag="suspects"):

@@ -135,8 +135,8 @@ class Worker(asyncio.Protocol):
         elif isinstance(msg, Ask):
             engine.ask(msg.keys, msg.wait, partial(self._answered, msg.id))
         elif isinstance(msg, Inspect):
-            nodes, suspects, total = engine.inspect(msg.limit)
-            self._send(Inspection(id=msg.id, nodes=nodes, suspects=suspects, suspects_total=total))
+            nodes, suspects = engine.inspect(msg.limit)
+            self._send(Inspection(id=msg.id, nodes=nodes, suspects=suspects))
         elif isinstance(msg, Stop):
             self.stop(0)
 

@@ -404,18 +404,15 @@ class Engine:
             health[t.health] += 1
         return kinds, {h.name.lower(): health[h] for h in Health}
 
-    def inspect(self, limit: int) -> tuple[list[NodeCensus], list[str], int]:
-        """How every node's targets stand, and the targets in doubt (at most ``limit`` named, and
-        how many there are): for the status page, which asks at most about once a second."""
+    def inspect(self, limit: int) -> tuple[list[NodeCensus], list[str]]:
+        """How every node's targets stand, and the targets in doubt (at most ``limit`` of them): for
+        the status page, which asks at most about once a second."""
         now = time.monotonic()
         nodes: dict[str, list[int]] = {}  # name -> [targets, unhealthy, unknown, suspect]
         suspects: list[str] = []
-        total = 0
         for t in self._targets.values():
             node = t.node
-            counts = nodes.get(node.name if node is not None else "")
-            if counts is None:
-                counts = nodes[node.name if node is not None else ""] = [0, 0, 0, 0]
+            counts = nodes.setdefault(node.name if node is not None else "", [0, 0, 0, 0])
             counts[0] += 1
             if t.health == _UNHEALTHY:
                 counts[1] += 1
@@ -424,7 +421,6 @@ class Engine:
                 counts[2] += 1
             if t.votes or (node is not None and node.onset is not None):
                 counts[3] += 1
-                total += 1
                 if len(suspects) < limit:
                     suspects.append(t.key)
         census = []
@@ -433,7 +429,7 @@ class Engine:
             heard = -1.0 if n is None or n.last_answer == -math.inf else now - n.last_answer
             looking = n is not None and n.onset is not None
             census.append(NodeCensus(name, targets, unhealthy, unknown, suspect, looking, heard))
-        return census, suspects, total
+        return census, suspects
 
     @property
     def in_flight(self) -> int:
