@@ -1045,7 +1045,7 @@ async def profile(
     if spy is None:
         return {"error": "py-spy not installed (.venv/bin/pip install py-spy)"}
     pool = WorkerPool(
-        1, settings, on_transition=lambda w, t: None, on_stats=lambda s: None, log_level="warning"
+        1, settings, on_transitions=lambda w, t, s: None, on_stats=lambda s: None, log_level="warning"
     )
     await pool.start()
     fd, out_file = tempfile.mkstemp(suffix=".txt", prefix="ehc-pyspy-")

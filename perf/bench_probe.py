@@ -156,7 +156,7 @@ async def run_pool(
     kind: str, targets: list[Target], workers: int, settings: ProbeSettings, warmup: float, measure: float
 ) -> PoolRun:
     log: list[Stats] = []
-    pool = WorkerPool(workers, settings, on_transition=lambda w, t: None, on_stats=log.append)
+    pool = WorkerPool(workers, settings, on_transitions=lambda w, t, s: None, on_stats=log.append)
     await pool.start()
     try:
         pool.upsert(targets)

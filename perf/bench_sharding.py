@@ -54,11 +54,11 @@ async def hop_latency(targets: int) -> list[float]:
         port = s.getsockname()[1]
     received: list[float] = []
 
-    def on_transition(worker: int, tr: Transition) -> None:
-        received.append(time.time() - tr.wall_time)
+    def on_transitions(worker: int, transitions: list[Transition], suspects: int) -> None:
+        received.extend(time.time() - tr.wall_time for tr in transitions)
 
     settings = ProbeSettings(interval=0.5, timeout=0.25, retry_count=0, confirm_spacing=0.0, node_evidence=0)
-    async with WorkerPool(1, settings, on_transition=on_transition) as pool:
+    async with WorkerPool(1, settings, on_transitions=on_transitions) as pool:
         pool.upsert(Target(f"t{i}", "127.0.0.1", (Tcp(port),), Health.HEALTHY) for i in range(targets))
         deadline = time.monotonic() + 30
         while len(received) < targets and time.monotonic() < deadline:

@@ -60,10 +60,10 @@ class Pipeline:
         self.source.event("DELETED", _gone(namespace, name))
 
     def transition(self, tr: Transition) -> None:
-        self.decider.transition(tr)
+        self.decider.report(0, [tr])
 
     def suspects(self, worker: int, count: int) -> None:
-        self.decider.suspects(worker, count)
+        self.decider.report(worker, [], count)
 
     @property
     def failsafe(self) -> bool:
@@ -206,6 +206,28 @@ def test_failsafe_holds_ejections_when_most_targets_go_dark_and_releases_after()
     assert not d.failsafe and sink.failsafe == [True, False]
     # the five still unhealthy are ejected once the fail-safe lets go
     assert sorted(k for k, _ in sink.written()) == sorted(f"ns/p{i}" for i in range(15, 20))
+
+
+def test_a_suspect_confirmed_down_does_not_release_the_failsafe_for_an_instant() -> None:
+    # 7 of 12 dark, all suspects; a worker's frame then confirms one down and counts 6 suspects.  The
+    # share is 7 of 12 before and after: weighed half-way it would be 6 (released, ejecting) or 8.
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=10)
+    for i in range(12):
+        d.observe(target(i), conds(ready="True", gate="True"))
+    d.suspects(0, 7)
+    d.decider.report(0, [tr(0, Health.UNHEALTHY)], 6)
+    assert d.failsafe and sink.failsafe == [True] and d.held == 1 and sink.submitted == []
+
+
+def test_a_frame_that_darkens_most_of_the_fleet_ejects_none_of_it() -> None:
+    # One frame brings 12 of 20 down at once: the fail-safe is weighed before any verdict is given.
+    sink = Sink()
+    d = sink.decider(failsafe_share=0.5, failsafe_min_targets=10)
+    for i in range(20):
+        d.observe(target(i), conds(ready="True", gate="True"))
+    d.decider.report(0, [tr(i, Health.UNHEALTHY) for i in range(12)], 0)
+    assert d.failsafe and d.held == 12 and sink.submitted == []
 
 
 def test_small_fleets_are_exempt_from_the_failsafe() -> None:

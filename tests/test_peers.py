@@ -200,7 +200,7 @@ class Leader:
         self.decider.reconsider(keys)
 
     def fail(self, key: str) -> None:
-        self.decider.transition(Transition(key, Health.UNHEALTHY, Tcp(80), "timeout", 0.2, 3, 0.0))
+        self.decider.report(0, [Transition(key, Health.UNHEALTHY, Tcp(80), "timeout", 0.2, 3, 0.0)])
 
     def last(self, key: str) -> Health | None:
         return next((v for k, v in reversed(self.verdicts) if k == key), None)

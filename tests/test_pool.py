@@ -29,8 +29,8 @@ class Recorder:
         self.transitions: list[tuple[int, Transition]] = []
         self.stats: list[Stats] = []
 
-    def on_transition(self, worker: int, tr: Transition) -> None:
-        self.transitions.append((worker, tr))
+    def on_transitions(self, worker: int, transitions: list[Transition], suspects: int) -> None:
+        self.transitions.extend((worker, tr) for tr in transitions)
 
     def on_stats(self, stats: Stats) -> None:
         self.stats.append(stats)
@@ -60,7 +60,7 @@ async def test_targets_are_spread_and_probed(
     down = [Target(f"down-{i}", "127.0.0.1", (Tcp(closed_port),)) for i in range(10)]
     ping = [Target("ping-v4", "127.0.0.1", (Icmp(),)), Target("ping-v6", "::1", (Icmp(),))]
     async with WorkerPool(
-        3, FAST, on_transition=recorder.on_transition, on_stats=recorder.on_stats, stats_interval=0.2
+        3, FAST, on_transitions=recorder.on_transitions, on_stats=recorder.on_stats, stats_interval=0.2
     ) as pool:
         pool.upsert(up + down + ping)
         await until(lambda: len(recorder.health()) == len(up + down + ping))
@@ -89,7 +89,7 @@ async def test_a_nodes_targets_share_one_worker_and_follow_their_node(
     targets = [
         Target(f"{n}/pod-{j}", "127.0.0.1", (Tcp(closed_port),), node=n) for n in nodes for j in range(4)
     ]
-    async with WorkerPool(3, FAST, on_transition=recorder.on_transition) as pool:
+    async with WorkerPool(3, FAST, on_transitions=recorder.on_transitions) as pool:
         assert len({worker_for(n, 3) for n in nodes}) > 1  # the nodes spread over the workers
         pool.upsert(targets)
         await until(lambda: len(recorder.transitions) == len(targets), "every target judged")
@@ -104,7 +104,7 @@ async def test_a_nodes_targets_share_one_worker_and_follow_their_node(
 
 async def test_remove_and_update(recorder: Recorder, listener: socket.socket, closed_port: int) -> None:
     port = listener.getsockname()[1]
-    async with WorkerPool(2, FAST, on_transition=recorder.on_transition) as pool:
+    async with WorkerPool(2, FAST, on_transitions=recorder.on_transitions) as pool:
         pool.upsert([Target("a", "127.0.0.1", (Tcp(port),)), Target("b", "127.0.0.1", (Tcp(port),))])
         await until(lambda: len(recorder.transitions) == 2)
         pool.remove(["b"])
@@ -120,7 +120,7 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
     port = listener.getsockname()[1]
     targets = [Target(f"t{i}", "127.0.0.1", (Tcp(port),)) for i in range(40)]
     async with WorkerPool(
-        2, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 1.0)
+        2, FAST, on_transitions=recorder.on_transitions, stats_interval=0.2, restart_backoff=(0.05, 1.0)
     ) as pool:
         pool.upsert(targets)
         await until(lambda: len(recorder.transitions) == 40)
@@ -141,7 +141,9 @@ async def test_sigkilled_worker_is_restarted_and_resumes_quietly(
 async def test_old_incarnation_is_never_heard(recorder: Recorder, listener: socket.socket) -> None:
     from ehc.wire.messages import Transitions
 
-    async with WorkerPool(1, FAST, on_transition=recorder.on_transition, restart_backoff=(0.05, 1.0)) as pool:
+    async with WorkerPool(
+        1, FAST, on_transitions=recorder.on_transitions, restart_backoff=(0.05, 1.0)
+    ) as pool:
         pool.upsert([Target("t", "127.0.0.1", (Tcp(listener.getsockname()[1]),))])
         await until(lambda: len(recorder.transitions) == 1)
         old = pool._procs[0]
@@ -184,7 +186,7 @@ async def test_broken_worker_is_killed_and_restarted_not_the_coordinator(
 ) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.ERROR, logger="ehc.coordinator.pool")
     pool = WorkerPool(
-        1, FAST, on_transition=recorder.on_transition, stats_interval=0.1, restart_backoff=(0.05, 0.5),
+        1, FAST, on_transitions=recorder.on_transitions, stats_interval=0.1, restart_backoff=(0.05, 0.5),
         worker_command=_broken_worker(then),
     )  # fmt: skip
     await pool.start()
@@ -212,7 +214,7 @@ async def test_a_worker_that_stops_probing_is_noticed_restarted_and_not_healthy(
 ) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.ERROR, logger="ehc.coordinator.pool")
     pool = WorkerPool(
-        1, FAST, on_transition=recorder.on_transition, stats_interval=0.2, restart_backoff=(0.05, 0.2),
+        1, FAST, on_transitions=recorder.on_transitions, stats_interval=0.2, restart_backoff=(0.05, 0.2),
         worker_command=STALLED_WORKER,
     )  # fmt: skip
     await pool.start()
@@ -229,7 +231,7 @@ async def test_a_worker_that_stops_probing_is_noticed_restarted_and_not_healthy(
 async def test_a_healthy_pool_says_so_once_its_workers_probe(
     recorder: Recorder, listener: socket.socket
 ) -> None:
-    async with WorkerPool(1, FAST, on_transition=recorder.on_transition, stats_interval=0.2) as pool:
+    async with WorkerPool(1, FAST, on_transitions=recorder.on_transitions, stats_interval=0.2) as pool:
         pool.upsert([Target(f"t{i}", "127.0.0.1", (Tcp(listener.getsockname()[1]),)) for i in range(5)])
         await until(pool.healthy, "a probing worker")
         assert pool.stalls == [0]
@@ -237,7 +239,7 @@ async def test_a_healthy_pool_says_so_once_its_workers_probe(
 
 async def test_start_gives_up_on_workers_that_exit_before_they_are_ready(recorder: Recorder) -> None:
     pool = WorkerPool(
-        2, FAST, on_transition=recorder.on_transition, restart_backoff=(0.01, 0.05),
+        2, FAST, on_transitions=recorder.on_transitions, restart_backoff=(0.01, 0.05),
         worker_command=[sys.executable, "-c", "import sys; sys.exit(3)"],
     )  # fmt: skip
     try:
@@ -288,9 +290,11 @@ def test_workers_exit_when_the_coordinator_is_killed(listener: socket.socket) ->
     assert not any(_alive(p) for p in pids)
 
 
-async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ignore[no-untyped-def]
+async def test_suspect_counts_reach_the_coordinator_in_step_with_the_transitions(netns) -> None:  # type: ignore[no-untyped-def]
     # Run the pool inside a namespace where 127.0.0.9 is dark: its targets become suspects, then
-    # unhealthy, and the suspect count falls back to zero.
+    # unhealthy, and the suspect count falls back to zero.  Each frame's count is of the same moment
+    # as its transitions, so the dark total (unhealthy + suspects), frame by frame, never falls while
+    # nothing recovers: the fail-safe weighing it cannot flap.
     code = textwrap.dedent(
         """
         import asyncio
@@ -299,29 +303,33 @@ async def test_suspect_counts_reach_the_coordinator(netns) -> None:  # type: ign
         from ehc.wire.messages import Health, Target
         from ehc.coordinator.pool import WorkerPool
         async def main():
-            counts, flips = [], []
+            counts, flips, dark = [], [], []
+            def on_transitions(worker, transitions, suspects):
+                flips.extend(t.key for t in transitions)
+                if suspects >= 0:
+                    counts.append(suspects)
+                    dark.append(len(flips) + suspects)
             settings = ProbeSettings(interval=0.5, timeout=0.3, retry_count=2, confirm_spacing=0.05)
-            pool = WorkerPool(1, settings, on_transition=lambda w, t: flips.append(t.key),
-                              on_suspects=lambda w, n: counts.append(n))
+            pool = WorkerPool(1, settings, on_transitions=on_transitions)
             async with pool:
                 pool.upsert([Target(f"t{i}", "127.0.0.9", (Tcp(80),), Health.HEALTHY) for i in range(20)])
                 for _ in range(100):
                     await asyncio.sleep(0.05)
                     if len(flips) == 20 and counts and counts[-1] == 0:
                         break
-            print(max(counts), counts[-1], len(flips))
+            print(max(counts), counts[-1], len(flips), int(dark == sorted(dark)))
         asyncio.run(main())
         """
     )
     netns.drop("ip daddr 127.0.0.9")
     out = netns.run([sys.executable, "-c", code], timeout=60)
     assert out.returncode == 0, out.stderr
-    peak, last, flipped = map(int, out.stdout.split())
-    assert peak > 0 and last == 0 and flipped == 20
+    peak, last, flipped, monotonic = map(int, out.stdout.split())
+    assert peak > 0 and last == 0 and flipped == 20 and monotonic
 
 
 async def test_workers_yield_the_cpu_to_their_coordinator(recorder: Recorder) -> None:
     # Probing may saturate the CPU; the coordinator's Lease renewals must still run on time.
-    async with WorkerPool(2, FAST, on_transition=recorder.on_transition) as pool:
+    async with WorkerPool(2, FAST, on_transitions=recorder.on_transitions) as pool:
         mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids()] == [min(19, mine + 5)] * 2

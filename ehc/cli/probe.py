@@ -235,10 +235,11 @@ async def watch(targets: list[Target], settings: ProbeSettings, workers: int) ->
     by_key = {t.key: t for t in targets}
     width = max(len(t.key) for t in targets)
 
-    def on_transition(worker: int, tr: Transition) -> None:
-        print(f"{time.strftime('%H:%M:%S')}  {_line(by_key[tr.key], tr, width)}", flush=True)
+    def on_transitions(worker: int, transitions: list[Transition], suspects: int) -> None:
+        for tr in transitions:
+            print(f"{time.strftime('%H:%M:%S')}  {_line(by_key[tr.key], tr, width)}", flush=True)
 
-    pool = WorkerPool(workers, settings, on_transition=on_transition)
+    pool = WorkerPool(workers, settings, on_transitions=on_transitions)
     try:
         await pool.start()
         said = sorted(set(pool.prober_notes.values()))

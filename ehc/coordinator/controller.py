@@ -201,8 +201,7 @@ class Controller:
         pool = WorkerPool(
             self.settings.workers,
             self.settings.probe,
-            on_transition=self._transition,
-            on_suspects=self.decider.suspects,
+            on_transitions=self._transitions,
             on_node=self._node_verdict,
             on_doubts=self._doubts,
             env=self._worker_env,
@@ -303,19 +302,22 @@ class Controller:
     def source_of(self, key: str) -> Source | None:
         return next((s for s in self.sources if s.owns(key)), None)
 
-    def _transition(self, worker: int, tr: Transition) -> None:
-        source = self.source_of(tr.key)
-        if source is None:
-            return
-        self.transitions += 1
-        source.transition(tr, worker)
-        ip = self.pool.ip_of(tr.key) if self.pool is not None else ""
-        self.book.transition(worker, tr, ip)
-        if tr.health == Health.UNHEALTHY:
-            self.detection.observe(tr.took)
-        if tr.health != Health.UNHEALTHY and self.opinions is not None:
-            self.opinions.clear(tr.key)
-        self.decider.transition(tr)
+    def _transitions(self, worker: int, transitions: list[Transition], suspects: int) -> None:
+        known = []
+        for tr in transitions:
+            source = self.source_of(tr.key)
+            if source is None:
+                continue
+            known.append(tr)
+            self.transitions += 1
+            source.transition(tr, worker)
+            ip = self.pool.ip_of(tr.key) if self.pool is not None else ""
+            self.book.transition(worker, tr, ip)
+            if tr.health == Health.UNHEALTHY:
+                self.detection.observe(tr.took)
+            if tr.health != Health.UNHEALTHY and self.opinions is not None:
+                self.opinions.clear(tr.key)
+        self.decider.report(worker, known, suspects)
 
     def _doubts(self, keys: list[str]) -> None:
         if self.opinions is not None:

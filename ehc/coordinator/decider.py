@@ -12,8 +12,10 @@ metric, Event), and when the share falls back below the threshold the verdicts s
 given again.  A fleet smaller than ``failsafe_min_targets`` is exempt (one dead pod of three is not a
 network failure).  Suspects (targets in an open failure episode) count towards the share so the
 fail-safe engages before the first ejection of a mass failure is written, not halfway through it.
-Every edge re-evaluates every unhealthy target, and the target whose transition caused the edge
-always gets its verdict too, whatever its health.
+A worker's frame (its transitions and its suspect count) is weighed as one change, so the share
+never counts a target twice or not at all on its way from suspect to unhealthy.  Every edge
+re-evaluates every unhealthy target, and the targets whose transitions came with the edge always get
+their verdicts too, whatever their health.
 
 **Gate.**  An ejection the fail-safe allows still passes ``may_eject(key)`` (the second opinion): while
 it says no, the verdict is UNKNOWN, and ``reconsider(keys)`` rules again once it may have changed.
@@ -95,16 +97,23 @@ class Decider:
 
     # ---- what the workers say -------------------------------------------------------------------
 
-    def transition(self, tr: Transition) -> None:
-        key = tr.key
-        if key not in self._keys:
-            return
-        if tr.health == Health.UNHEALTHY:
-            self._unhealthy.add(key)
-        else:
-            self._unhealthy.discard(key)
-        self._check_failsafe(cause=key)
-        self._on_verdict(key, self._verdict(key, tr.health), tr)
+    def report(self, worker: int, transitions: list[Transition], suspects: int = -1) -> None:
+        """One worker frame: its transitions and its count of suspects (-1: not counted) at one moment.
+
+        Both are applied before the fail-safe is weighed, and only then are verdicts given: weighed
+        between the two, a target confirmed down would count twice or not at all, and the fail-safe
+        would flap (let go for an instant and eject) in the middle of a mass failure."""
+        if suspects >= 0:
+            self._suspects[worker] = suspects
+        mine = [tr for tr in transitions if tr.key in self._keys]
+        for tr in mine:
+            if tr.health == Health.UNHEALTHY:
+                self._unhealthy.add(tr.key)
+            else:
+                self._unhealthy.discard(tr.key)
+        self._check_failsafe(given={tr.key for tr in mine})
+        for tr in mine:
+            self._on_verdict(tr.key, self._verdict(tr.key, tr.health), tr)
 
     def reconsider(self, keys: list[str]) -> None:
         """Rule again on these targets' ejections (the gate's answer may have changed)."""
@@ -116,11 +125,6 @@ class Decider:
     def unhealthy(self) -> list[str]:
         return list(self._unhealthy)
 
-    def suspects(self, worker: int, count: int) -> None:
-        """A worker's count of targets with an open failure episode."""
-        self._suspects[worker] = count
-        self._check_failsafe()
-
     # ---- decisions ----------------------------------------------------------------------------
 
     def _verdict(self, key: str, health: Health) -> Health:
@@ -128,9 +132,9 @@ class Decider:
             return Health.UNKNOWN
         return health
 
-    def _check_failsafe(self, cause: str = "") -> None:
-        """Engage or release the fail-safe; on a change, give every unhealthy target but ``cause`` (whose
-        caller gives its verdict itself) its verdict again."""
+    def _check_failsafe(self, given: set[str] | frozenset[str] = frozenset()) -> None:
+        """Engage or release the fail-safe; on a change, give every unhealthy target but those in
+        ``given`` (whose caller gives their verdicts itself) its verdict again."""
         total, dark = self.total, self.dark
         engaged = total >= self._min_targets and dark > self._share * total
         if engaged == self.failsafe:
@@ -149,5 +153,5 @@ class Decider:
         if self._on_failsafe is not None:
             self._on_failsafe(engaged, dark, total)
         for key in list(self._unhealthy):
-            if key != cause:
+            if key not in given:
                 self._on_verdict(key, self._verdict(key, Health.UNHEALTHY), None)

@@ -57,9 +57,11 @@ from ehc.wire.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 
-OnTransition = Callable[[int, Transition], None]
+OnTransitions = Callable[[int, list[Transition], int], None]
+"""A worker's frame: its index, its transitions and how many targets it holds in doubt at that same
+moment (-1: not counted).  The two are one view: a target confirmed down leaves the suspects as it
+joins the unhealthy, so whoever weighs them must take them together."""
 OnStats = Callable[[Stats], None]
-OnSuspects = Callable[[int, int], None]
 OnNode = Callable[[int, NodeVerdict], None]
 OnDoubts = Callable[[list[str]], None]
 ANSWER_SLACK = 0.1
@@ -155,9 +157,8 @@ class WorkerPool:
         workers: int,
         settings: ProbeSettings,
         *,
-        on_transition: OnTransition,
+        on_transitions: OnTransitions,
         on_stats: OnStats | None = None,
-        on_suspects: OnSuspects | None = None,
         on_node: OnNode | None = None,
         on_doubts: OnDoubts | None = None,
         stats_interval: float = 1.0,
@@ -171,9 +172,8 @@ class WorkerPool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.size = workers
         self._settings = settings.validate()
-        self._on_transition = on_transition
+        self._on_transitions = on_transitions
         self._on_stats = on_stats
-        self._on_suspects = on_suspects
         self._on_node = on_node
         self._on_doubts = on_doubts
         self._questions: dict[int, asyncio.Future[dict[str, Opinion]]] = {}
@@ -457,19 +457,17 @@ class WorkerPool:
             self.dropped_frames += 1  # an old incarnation: never pass on what it says
             return
         if isinstance(msg, Transitions):
-            if msg.suspects >= 0 and self._on_suspects is not None:
-                self._on_suspects(proc.index, msg.suspects)
             if self._on_node is not None:
                 for verdict in msg.nodes:
                     self._on_node(proc.index, verdict)
             if msg.doubts and self._on_doubts is not None:
                 self._on_doubts(msg.doubts)
-            for tr in msg.items:
-                if self._owner.get(tr.key) != proc.index:
-                    continue  # removed (or moved) while the transition was in the pipe
+            # what was removed (or moved) while in the pipe is dropped
+            items = [tr for tr in msg.items if self._owner.get(tr.key) == proc.index]
+            for tr in items:
                 self._health[tr.key] = tr.health
                 self._believe(tr.key, tr.health)
-                self._on_transition(proc.index, tr)
+            self._on_transitions(proc.index, items, msg.suspects)
         elif isinstance(msg, Answers):
             future = self._questions.get(msg.id)
             if future is not None and not future.done():
@@ -479,8 +477,7 @@ class WorkerPool:
             if inspection is not None and not inspection.done():
                 inspection.set_result(msg)
         elif isinstance(msg, Suspects):
-            if self._on_suspects is not None:
-                self._on_suspects(proc.index, msg.count)
+            self._on_transitions(proc.index, [], msg.count)
         elif isinstance(msg, Stats):
             proc.progress(msg)
             self.stats[proc.index] = msg
