@@ -146,8 +146,9 @@ async def test_ejections_the_fail_safe_holds_are_shown_held_and_why() -> None:
         assert len(with_ports) > controller.settings.failsafe_share * len(sim.fleet.targets())
         for pod in with_ports:  # most of the fleet refuses at once: likelier ehc's own trouble
             sim.fleet.close_port(pod, pod.ports[0])
-        await until(
-            lambda: controller.decider.failsafe and controller.decider.held > 0, "the fail-safe holding"
+        await until(  # all of them: the lists compared below stay still
+            lambda: controller.decider.failsafe and controller.decider.held == len(with_ports),
+            "the fail-safe holding every ejection",
         )
         s = await status_of(base)
         assert s.failsafe.engaged and s.failsafe.held == controller.decider.held
