@@ -63,7 +63,7 @@ async def serving(sim: SimCluster, identity: str = "ehc-status") -> AsyncIterato
         await client.close()
 
 
-async def test_controller_and_metrics_in_process() -> None:
+async def test_controller_and_metrics_in_process(caplog: pytest.LogCaptureFixture) -> None:
     async with SimCluster(nodes=2, pods_per_node=8, kubelet_delay=None, netns=False) as sim:
         fleet, api = sim.fleet, sim.api
         gate_pods = [p for p in fleet.targets() if p.style == "gate"]
@@ -91,6 +91,9 @@ async def test_controller_and_metrics_in_process() -> None:
             "default", controller.settings.lease_name
         )
         assert lease is not None and not lease["spec"].get("holderIdentity")  # released on the way out
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not leading")]
+        # its last word is that it shuts down, not that it stands by
+        assert said and all(m.startswith("not leading: shutting down") for m in said), said
 
 
 async def test_a_leader_that_cannot_run_its_workers_gives_the_lease_up(

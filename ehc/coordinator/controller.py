@@ -121,6 +121,7 @@ class Controller:
         self.peer_server: PeerServer | None = None  # set by ``ehc run`` when it serves peers
         self.on_written: Callable[[Write, str, float], None] | None = None
         self.book = StatusBook()  # what the status page shows that nothing else keeps
+        self._shutting_down = False
         self.detection = Histogram(DETECTION_BUCKETS)
         self.transitions = 0
         self.node_verdicts = 0
@@ -172,6 +173,7 @@ class Controller:
             for task in done:
                 task.result()  # a crashed part stops ehc rather than limp on
         finally:
+            self._shutting_down = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.elector.release(), self.settings.renew_deadline)
             for task in tasks:
@@ -273,10 +275,17 @@ class Controller:
             self.opinions.reset()
         if not self.settings.hot_standby:
             self._forget()
+        if self._shutting_down:
+            now = "shutting down"
+        elif self.settings.hot_standby:
+            now = "standing by hot (still probing)"
+        else:
+            now = "workers stopped"
         log.warning(
             "not leading: %s, %d queued write(s) dropped; a later term acts only on what it sees then",
-            "standing by hot (still probing)" if self.settings.hot_standby else "workers stopped", dropped,
-        )  # fmt: skip
+            now,
+            dropped,
+        )
         return None
 
     # ---- sources → targets (the TargetSink the sources write to) --------------------------------
