@@ -121,6 +121,37 @@ async def test_the_first_silence_looks_at_every_other_target_of_the_node_at_once
     run.engine.close()
 
 
+async def test_the_census_shows_each_node_its_targets_in_doubt_and_then_its_verdict() -> None:
+    # What the status page asks a worker: per node, how its targets stand; and which are in doubt.
+    run = Run(
+        ProbeSettings(interval=2.0, timeout=0.1, retry_count=30, confirm_spacing=0.005, node_evidence=6)
+    )
+    dead = run.add("n1", *ips(1, 6))
+    run.add("n2", *ips(2, 3))
+    run.engine.upsert(Target("no-node", "127.1.9.1", (Tcp(80),), Health.UNKNOWN))
+    await until(lambda: len(run.net.calls) >= 10, "every target probed once")
+    await asyncio.sleep(0.05)
+    census, suspects = run.engine.inspect(100)
+    by_node = {c.node: c for c in census}
+    assert set(by_node) == {"n1", "n2", ""}  # targets without a node are counted under ""
+    assert (by_node["n1"].targets, by_node["n1"].suspect, by_node["n1"].looking) == (6, 0, False)
+    assert 0 <= by_node["n1"].heard_ago < 1.0 and by_node[""].heard_ago == -1.0 and suspects == []
+
+    run.set("silent", *ips(1, 6))
+    await until(lambda: run.engine.looks == 1, "the node in doubt")
+    census, suspects = run.engine.inspect(100)
+    n1 = next(c for c in census if c.node == "n1")
+    assert n1.looking and n1.suspect == 6 and n1.unhealthy == 0 and sorted(suspects) == sorted(dead)
+    assert len(run.engine.inspect(2)[1]) == 2  # the list is bounded; the counts are not
+    assert next(c for c in census if c.node == "n2").suspect == 0
+
+    await until(lambda: run.nodes, "the node's verdict")
+    census, suspects = run.engine.inspect(100)
+    n1 = next(c for c in census if c.node == "n1")
+    assert (n1.unhealthy, n1.suspect, n1.looking) == (6, 0, False) and suspects == []
+    run.engine.close()
+
+
 async def test_one_silent_target_on_a_live_node_stays_its_own_business() -> None:
     run = Run(SHORT_CHAIN)
     keys = run.add("n1", *ips(1, 8))
