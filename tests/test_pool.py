@@ -333,3 +333,50 @@ async def test_workers_yield_the_cpu_to_their_coordinator(recorder: Recorder) ->
     async with WorkerPool(2, FAST, on_transitions=recorder.on_transitions) as pool:
         mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids()] == [min(19, mine + 5)] * 2
+
+
+async def test_a_dead_workers_suspects_stand_until_its_next_incarnation_counts_anew(netns) -> None:  # type: ignore[no-untyped-def]
+    # Its targets are in doubt when it is killed.  While it waits for its restart nobody probes them,
+    # so its last count stands (the fail-safe's best guess); once the new incarnation is up, only its
+    # own count does: the targets answer again and it doubts nothing, so nothing may linger.
+    code = textwrap.dedent(
+        """
+        import asyncio, os, signal, socket, subprocess
+        from ehc.wire.settings import ProbeSettings
+        from ehc.wire.checks import Tcp
+        from ehc.wire.messages import Health, Target
+        from ehc.coordinator.pool import WorkerPool
+        async def main():
+            counts = []
+            def on_transitions(worker, transitions, suspects):
+                if suspects >= 0:
+                    counts.append(suspects)
+            # long episodes: 30 confirmations 0.2 s apart, so the targets stay in doubt
+            settings = ProbeSettings(interval=0.5, timeout=0.3, retry_count=30, confirm_spacing=0.2)
+            app = socket.create_server(("127.0.0.9", 0))  # answers once the drop is gone
+            port = app.getsockname()[1]
+            async with WorkerPool(1, settings, on_transitions=on_transitions, restart_backoff=(1.5, 1.5)) as pool:
+                pool.upsert([Target(f"t{i}", "127.0.0.9", (Tcp(port),), Health.HEALTHY) for i in range(5)])
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if counts and counts[-1] == 5:
+                        break
+                before = counts[-1]
+                os.kill(pool.pids()[0], signal.SIGKILL)
+                subprocess.run(["nft", "flush", "chain", "inet", "ehc_test", "inbound"], check=True)
+                await asyncio.sleep(0.75)  # inside the restart backoff
+                dead = counts[-1], len(pool.pids())
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    if pool.healthy():
+                        break
+                await asyncio.sleep(1.0)  # every target probed (and answering) again
+                print(before, *dead, counts[-1])
+        asyncio.run(main())
+        """
+    )
+    netns.drop("ip daddr 127.0.0.9")
+    out = netns.run([sys.executable, "-c", code], timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, while_dead, alive, after = map(int, out.stdout.split())
+    assert (before, while_dead, alive, after) == (5, 5, 0, 0)

@@ -484,6 +484,9 @@ class WorkerPool:
             if self._on_stats is not None:
                 self._on_stats(msg)
         elif isinstance(msg, Hello):
+            # A new incarnation counts its doubts anew.  Until now the dead one's count stood: while
+            # nobody probes its targets, what it last saw is the best guess the fail-safe has.
+            self._on_transitions(proc.index, [], 0)
             self.prober_notes[proc.index] = msg.probers
             self._ready[proc.index].set()
 
