@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -84,9 +85,11 @@ async def _main(settings: settings_mod.RunSettings, kubeconfig: str | None) -> i
             await api.close()
             return 2
         if controller.membership is None:
-            log.warning(
+            in_a_pod = "KUBERNETES_SERVICE_HOST" in os.environ  # the kubelet sets it in every container
+            log.log(
+                logging.WARNING if in_a_pod else logging.INFO,
                 "POD_IP is not set (give it from the downward API's status.podIP): peers cannot reach this "
-                "replica, so it keeps no member Lease, and gives and asks no second opinion"
+                "replica, so it keeps no member Lease, and gives and asks no second opinion",
             )
     controller.peer_server = peer
     selectorless = (
