@@ -176,8 +176,7 @@ class WorkerPool:
         self._on_stats = on_stats
         self._on_node = on_node
         self._on_doubts = on_doubts
-        self._questions: dict[int, asyncio.Future[dict[str, Opinion]]] = {}
-        self._inspections: dict[int, asyncio.Future[Inspection]] = {}
+        self._replies: dict[int, asyncio.Future[Answers | Inspection]] = {}  # open questions, by id
         self._question_ids = 0
         self._stats_interval = stats_interval
         self._backoff = restart_backoff
@@ -380,55 +379,52 @@ class WorkerPool:
         did not answer in time, are UNKNOWN."""
         keys = list(keys)
         batches: dict[int, list[str]] = {}
-        opinions: dict[str, Opinion] = {}
         for key in keys:
-            index = self._owner.get(key)
-            if index is None:
-                opinions[key] = Opinion.UNKNOWN
-            else:
+            if (index := self._owner.get(key)) is not None:
                 batches.setdefault(index, []).append(key)
-        loop = asyncio.get_running_loop()
-        asked: list[int] = []
-        for index, batch in batches.items():
-            proc = self._procs[index]
-            if proc is None or not proc.alive:
-                continue
-            self._question_ids += 1
-            self._questions[self._question_ids] = loop.create_future()
-            proc.send(Ask(id=self._question_ids, keys=batch, wait=wait))
-            asked.append(self._question_ids)
-        if asked:
-            await asyncio.wait([self._questions[i] for i in asked], timeout=wait + ANSWER_SLACK)
-        for question in asked:
-            future = self._questions.pop(question)
-            if future.done():
-                opinions.update(future.result())
-            else:
-                future.cancel()
+        replies = await self._ask_workers(
+            {i: Ask(id=self._next_id(), keys=batch, wait=wait) for i, batch in batches.items()},
+            wait + ANSWER_SLACK,
+        )
+        opinions: dict[str, Opinion] = {}
+        for index, reply in replies.items():
+            if isinstance(reply, Answers):  # a worker's own keys only: one moved since is not its to judge
+                opinions.update((k, v) for k, v in reply.opinions.items() if self._owner.get(k) == index)
         return {key: opinions.get(key, Opinion.UNKNOWN) for key in keys}
 
     async def inspect(self, limit: int, timeout: float = 1.0) -> tuple[list[Inspection], list[int]]:
         """Every live worker's census of its nodes and doubts (``Engine.inspect``), and the workers
         that gave none within ``timeout`` (down, or too busy to answer)."""
+        replies = await self._ask_workers(
+            {i: Inspect(id=self._next_id(), limit=limit) for i in range(self.size)}, timeout
+        )
+        got = [r for r in replies.values() if isinstance(r, Inspection)]
+        return got, [i for i in range(self.size) if i not in replies]
+
+    def _next_id(self) -> int:
+        self._question_ids += 1
+        return self._question_ids
+
+    async def _ask_workers(
+        self, questions: dict[int, Ask | Inspect], timeout: float
+    ) -> dict[int, Answers | Inspection]:
+        """Send each live worker its question and wait up to ``timeout``: the replies that came, by
+        worker (a worker down or too slow is left out)."""
         loop = asyncio.get_running_loop()
-        asked: dict[int, int] = {}
-        for index, proc in enumerate(self._procs):
+        sent: dict[int, asyncio.Future[Answers | Inspection]] = {}
+        for index, question in questions.items():
+            proc = self._procs[index]
             if proc is not None and proc.alive:
-                self._question_ids += 1
-                self._inspections[self._question_ids] = loop.create_future()
-                proc.send(Inspect(id=self._question_ids, limit=limit))
-                asked[index] = self._question_ids
-        if asked:
-            await asyncio.wait([self._inspections[i] for i in asked.values()], timeout=timeout)
-        got, missing = [], [i for i in range(self.size) if i not in asked]
-        for index, question in asked.items():
-            future = self._inspections.pop(question)
-            if future.done():
-                got.append(future.result())
-            else:
+                sent[index] = self._replies[question.id] = loop.create_future()
+                proc.send(question)
+        try:
+            if sent:
+                await asyncio.wait(sent.values(), timeout=timeout)
+            return {i: f.result() for i, f in sent.items() if f.done()}
+        finally:
+            for index, future in sent.items():
                 future.cancel()
-                missing.append(index)
-        return got, sorted(missing)
+                del self._replies[questions[index].id]
 
     def _believe(self, key: str, health: Health) -> None:
         if health == Health.UNHEALTHY:
@@ -468,14 +464,10 @@ class WorkerPool:
                 self._health[tr.key] = tr.health
                 self._believe(tr.key, tr.health)
             self._on_transitions(proc.index, items, msg.suspects)
-        elif isinstance(msg, Answers):
-            future = self._questions.get(msg.id)
+        elif isinstance(msg, Answers | Inspection):
+            future = self._replies.get(msg.id)
             if future is not None and not future.done():
-                future.set_result({k: v for k, v in msg.opinions.items() if self._owner.get(k) == proc.index})
-        elif isinstance(msg, Inspection):
-            inspection = self._inspections.get(msg.id)
-            if inspection is not None and not inspection.done():
-                inspection.set_result(msg)
+                future.set_result(msg)
         elif isinstance(msg, Suspects):
             self._on_transitions(proc.index, [], msg.count)
         elif isinstance(msg, Stats):
