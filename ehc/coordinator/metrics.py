@@ -9,6 +9,7 @@ throttled to ``STATUS_RATE`` a second so no number of open pages costs the probe
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections import Counter
@@ -47,7 +48,8 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[next((i for i, b in enumerate(self.bounds) if value <= b), len(self.bounds))] += 1
+        # the bucket of the first bound >= value (Prometheus's le), +Inf past the last
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
 
