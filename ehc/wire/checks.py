@@ -84,6 +84,11 @@ def describe(check: Check, ip: str) -> str:
     return f"{kind_of(check)} {host}:{port}"
 
 
+def describe_all(checks: tuple[Check, ...], ip: str) -> str:
+    """Every check of a target, each as ``describe`` names it, comma-separated."""
+    return ", ".join(describe(c, ip) for c in checks)
+
+
 def target_kind(checks: tuple[Check, ...]) -> str:
     """The kind a target is counted under: its checks' kind, or ``a+b`` when they mix."""
     kinds = sorted({kind_of(c) for c in checks})

@@ -24,7 +24,7 @@ from ehc.sources import TargetSink, TargetView, kinds_of, outcome
 from ehc.sources.endpoints.kinds import AddressKind
 from ehc.sources.endpoints.selection import AddressTarget
 from ehc.sources.endpoints.writes import ReadinessPatch
-from ehc.wire.checks import describe, target_kind
+from ehc.wire.checks import describe, describe_all, target_kind
 from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class AddressSource(Generic[T]):
         t = a.target
         shown = self.kind.shows(rec.freshest()).get(t.ip, Health.UNKNOWN)
         shows = {Health.HEALTHY: "ready", Health.UNHEALTHY: "not ready"}.get(shown, "not listed")
-        address = ", ".join(describe(c, t.ip) for c in t.checks)
+        address = describe_all(t.checks, t.ip)
         return TargetView(
             f"{self.kind.name} {t.namespace}/{t.name}", t.namespace, t.ip, address, t.node,
             target_kind(t.checks), shows, a.verdict, a.evidence, rec.key,

@@ -27,7 +27,7 @@ from ehc.sources.pods.conditions import (
 )
 from ehc.sources.pods.selection import PodTarget, select
 from ehc.sources.pods.writes import StatusPatch
-from ehc.wire.checks import describe
+from ehc.wire.checks import describe_all
 from ehc.wire.messages import Health, Target, Transition
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class PodSource:
             return None
         t = rec.target
         shows = ", ".join(f"{k}={v}" for k, v in sorted(rec.observed.items())) or "no conditions"
-        address = ", ".join(describe(c, t.ip) for c in t.checks)
+        address = describe_all(t.checks, t.ip)
         return TargetView(
             f"Pod {key}", t.namespace, t.ip, address, t.node, t.kind, shows, rec.verdict, rec.evidence, key
         )
